@@ -1,0 +1,49 @@
+"""pip install of the ROS-free core, the CLI and the node's Python code.
+
+The ROS interfaces (msg/srv/action) are built by ament (colcon) or scripts/build_interfaces.sh.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+INTERFACE_FILES = [str(p.relative_to(ROOT)) for d in ("msg", "srv", "action") for p in (ROOT / d).glob("*.*")]
+
+setup(
+    name="spatialthinker_ros",
+    version="0.1.0",
+    description="SpatialThinker-3B spatial reasoning for ROS 2: scene graphs and answers for planners",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["spatialthinker_ros", "spatialthinker_ros.*"]),
+    # The .msg/.srv/.action definitions travel with the package (replay registers them in bags).
+    data_files=[("share/spatialthinker_ros/interfaces", INTERFACE_FILES)],
+    install_requires=[
+        "numpy>=1.24",
+        "pillow>=10.1",
+        "torch>=2.4",
+        "torchvision>=0.19",  # Qwen2.5-VL's processor needs it (video processor)
+        "transformers>=5,<6",
+        "json-repair>=0.30",
+        "rosbags>=0.10",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "remote": ["openai>=1.40", "httpx>=0.27"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "mcap>=1.1",
+            "mcap-ros2-support>=0.5",
+            "ruff>=0.6",
+            "openai>=1.40",
+            "httpx>=0.27",
+            "accelerate>=1.0",  # the model card's snippet uses device_map="auto"
+        ],
+    },
+    entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},
+)
