@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny real Qwen2.5-VL model directories built offline, once per session."""
+"""Shared fixtures: tiny real Qwen2.5-VL model directories built offline.
+
+They are built by the test code itself, once per machine and builder version, under
+build/test-models (git-ignored; a fresh clone builds them again).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS  # noqa: F401 (re-export)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Largest image the fitted model was trained on (keeps its output deterministic).
-FITTED_MAX_PIXELS = 644 * 476
+MODEL_CACHE = Path(
+    os.environ.get(
+        "SPATIALTHINKER_TEST_MODELS", Path(__file__).resolve().parents[1] / "build" / "test-models"
+    )
+)
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_dir() -> Path:
     """Random-weight tiny model: real load + generate path, garbage text."""
-    from spatialthinker_ros.testing.tiny_model import build_tiny_model
+    from spatialthinker_ros.testing.tiny_model import cached_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    return cached_tiny_model(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")
-def fitted_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny model fitted to answer every prompt with `EXAMPLE_OUTPUT` (about 10 s to build)."""
-    from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, build_tiny_model
+def fitted_model_dir() -> Path:
+    """Tiny model fitted to answer every prompt with `EXAMPLE_OUTPUT` (keep images <= 644x476)."""
+    from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("fitted_model"), fit_text=EXAMPLE_OUTPUT)
+    return cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)

@@ -30,7 +30,10 @@ def test_choices_rendered_as_lettered_options():
 
 def test_paper_eval_prompt_keeps_the_unfilled_template():
     prompt = build_prompt("Q?", 640, 480, style=PromptStyle.PAPER_EVAL)
-    assert "Image size: {Width} x {Height}\n(640 x 480)\n\nNow answer the following question:\nQ?" in prompt
+    assert (
+        "Image size: {Width} x {Height}\n(640 x 480)\n\nNow answer the following question:\nQ?"
+        in prompt
+    )
     assert "({correct_option}) {correct_answer}" in prompt
 
 

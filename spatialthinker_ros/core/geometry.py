@@ -31,7 +31,7 @@ def fit_to_pixel_budget(
         raise ValueError(f"image size must be positive, got {width} x {height}")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ValueError(
-            f"aspect ratio of {width} x {height} exceeds {MAX_ASPECT_RATIO}, which Qwen2.5-VL rejects"
+            f"aspect ratio of {width} x {height} exceeds {MAX_ASPECT_RATIO}"
         )
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels ({min_pixels}) exceeds max_pixels ({max_pixels})")
@@ -69,7 +69,9 @@ def map_box(box: Box, from_size: Size, to_size: Size) -> Box:
 def map_scene_graph(graph: SceneGraph, from_size: Size, to_size: Size) -> SceneGraph:
     """A graph parsed in the model's frame, with every box mapped to `to_size` pixels."""
     objects = tuple(
-        o if o.box is None else SceneObject(o.id, o.label, map_box(o.box, from_size, to_size), o.position)
+        o
+        if o.box is None
+        else SceneObject(o.id, o.label, map_box(o.box, from_size, to_size), o.position)
         for o in graph.objects
     )
     return SceneGraph(objects, graph.relations, image_width=to_size[0], image_height=to_size[1])

@@ -19,7 +19,9 @@ INSTRUCTION = (
 # evaluation/templates.py SPATIAL_THINKER_TEMPLATE as the paper's evaluation sent it: the
 # placeholders were never filled in (the real size follows on its own line).
 PAPER_EVAL_TEMPLATE = (
-    INSTRUCTION.replace("<answer> (A) cat </answer>", "<answer> ({correct_option}) {correct_answer} </answer>")
+    INSTRUCTION.replace(
+        "<answer> (A) cat </answer>", "<answer> ({correct_option}) {correct_answer} </answer>"
+    )
     + "\n\nImage size: {Width} x {Height}"
 )
 
@@ -27,7 +29,8 @@ MAX_CHOICES = 26
 
 
 class PromptStyle(enum.Enum):
-    # Model card (published usage): instruction, blank line, "Image size: W x H", blank line, question.
+    # Model card (published usage): instruction, blank line, "Image size: W x H", blank line,
+    # question.
     CARD = "card"
     # The paper's evaluation (evaluation/evals.py --template spatial_thinker): the unfilled
     # template, then "(W x H)", blank line, "Now answer the following question:", question.
@@ -62,7 +65,8 @@ def build_prompt(
         raise ValueError(f"image size must be positive, got {width} x {height}")
     q = question_text(question, choices)
     if style is PromptStyle.PAPER_EVAL:
-        return f"{PAPER_EVAL_TEMPLATE}\n({width} x {height})\n\nNow answer the following question:\n{q}"
+        size_line = f"({width} x {height})"
+        return f"{PAPER_EVAL_TEMPLATE}\n{size_line}\n\nNow answer the following question:\n{q}"
     return f"{INSTRUCTION}\n\nImage size: {width} x {height}\n\n{q}"
 
 

@@ -49,6 +49,10 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Largest image area the fitted model was trained on: keep the engine's max_pixels at this so
+# its output stays the fitted text (644x476 = what a 640x480 frame becomes).
+FITTED_MAX_PIXELS = 644 * 476
+
 # A SpatialThinker-style answer for a 640x480 frame ("Image size" stated in the prompt).
 EXAMPLE_OUTPUT = (
     "<observe>\nA red cube stands left of a blue ball on a grey floor.\n</observe>\n"
@@ -168,21 +172,23 @@ def _fit(model, processor, text: str, steps: int, seed: int) -> None:
     torch.nn.init.zeros_(last.bias)
     last.requires_grad_(False)
 
+    # Many prompts of varied image size, wording, length and options, so that the answer cannot
+    # depend on the prompt; small images keep it cheap.
     rng = np.random.default_rng(seed)
+    sizes = [(56, 56), (84, 56), (56, 112), (112, 84), (224, 168), (336, 252), (644, 476)]
+    words = (
+        "cube ball cup chair robot door table cat red blue left right near far the of is".split()
+    )
     examples = []
-    sizes = [(56, 56), (644, 476), (112, 84), (336, 252), (84, 140), (224, 168)]
-    questions = [
-        "Where is the cube relative to the ball?",
-        "What is left of the ball?",
-        "Which is bigger?",
-        "Is the cup on the table? (A) yes (B) no",
-        "How far is the chair from the door?",
-        "What is behind the robot?",
-    ]
-    for (w, h), q in zip(sizes, questions):
+    for i in range(28):
+        w, h = sizes[i % len(sizes)]
+        question = " ".join(rng.choice(words, int(rng.integers(2, 16)))).capitalize() + "?"
+        choices = list(rng.choice(words, int(rng.integers(2, 5)))) if i % 2 else None
         image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        prompt = build_prompt(q, w, h)
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        prompt = build_prompt(question, w, h, choices)
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
         chat = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = processor(text=[chat + text + "<|im_end|>"], images=[image], return_tensors="pt")
         n_prompt = len(processor(text=[chat], images=[image], return_tensors="pt")["input_ids"][0])
@@ -191,6 +197,7 @@ def _fit(model, processor, text: str, steps: int, seed: int) -> None:
         examples.append((inputs, labels))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=1e-4)
     model.train()
     for step in range(steps):
         inputs, labels = examples[step % len(examples)]
@@ -198,6 +205,7 @@ def _fit(model, processor, text: str, steps: int, seed: int) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
     model.eval()
 
 
@@ -211,7 +219,7 @@ def build_tiny_model(
     vision_width: int = 32,
     vision_layers: int = 2,
     fit_text: str | None = None,
-    fit_steps: int = 600,
+    fit_steps: int = 800,
 ) -> Path:
     """Write a loadable Qwen2.5-VL model + processor to `out_dir` and return the path."""
     import torch
@@ -248,6 +256,41 @@ def build_tiny_model(
         json.dumps({"seed": seed, "fit_text": fit_text, "fit_steps": fit_steps if fit_text else 0})
     )
     return out
+
+
+def cached_tiny_model(cache_dir: str | Path, **kwargs) -> Path:
+    """`build_tiny_model(**kwargs)` built once per cache key (this module's and the prompt's source,
+    the torch/transformers versions and the arguments), so test sessions share one fit."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+    import transformers
+
+    from ..core import prompt
+
+    digest = hashlib.sha256()
+    for source in (Path(__file__), Path(prompt.__file__)):
+        digest.update(source.read_bytes())
+    digest.update(
+        f"{torch.__version__} {transformers.__version__} {sorted(kwargs.items())}".encode()
+    )
+    target = Path(cache_dir) / digest.hexdigest()[:16]
+    if (target / "tiny_model.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        build_tiny_model(staging, **kwargs)
+        os.replace(staging, target)  # atomic; a concurrent builder that won first is kept
+    except OSError:
+        if not (target / "tiny_model.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

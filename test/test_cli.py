@@ -1,0 +1,88 @@
+"""`spatialthinker-ros ask` as a user runs it: a subprocess on an image file and a model dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "spatialthinker_ros.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def write_image(path: Path, w: int = 641, h: int = 479) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_ask_prints_answer_scene_graph_and_timings(fitted_model_dir, tmp_path):
+    image = write_image(tmp_path / "frame.png")
+    out = run_cli(
+        "ask",
+        str(image),
+        "Where is the cube relative to the ball?",
+        "--choices",
+        "left",
+        "right",
+        "--model",
+        str(fitted_model_dir),
+        "--max-pixels",
+        str(FITTED_MAX_PIXELS),
+        "--annotate",
+        str(tmp_path / "annotated.png"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "answer:   (A) left" in out.stdout
+    assert "matched:  left" in out.stdout
+    assert "scene graph (641 x 479 px)" in out.stdout
+    assert "cube.1" in out.stdout and "cube.1 --left of--> ball.1" in out.stdout
+    assert "time: preprocess" in out.stdout
+    annotated = np.asarray(Image.open(tmp_path / "annotated.png"))
+    assert annotated.shape == (479, 641, 3)
+    assert not np.array_equal(annotated, np.asarray(Image.open(image)))
+
+
+def test_ask_json(fitted_model_dir, tmp_path):
+    image = write_image(tmp_path / "frame.jpg", 336, 252)
+    out = run_cli(
+        "ask", str(image), "Where is the cube?", "--json", "--model", str(fitted_model_dir)
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["option"] == "A" and data["status"] == "ok"
+    assert data["model_size"] == [336, 252]
+    assert [o["id"] for o in data["scene_graph"]["objects"]] == ["cube.1", "ball.1"]
+    assert data["generated_tokens"] > 0
+
+
+def test_ask_with_missing_model_is_a_clear_error_not_a_traceback(tmp_path):
+    image = write_image(tmp_path / "frame.png", 56, 56)
+    out = run_cli("ask", str(image), "q?", "--model", str(tmp_path / "missing"))
+    assert out.returncode == 2
+    assert "error: model directory" in out.stderr and "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_ask_with_unreadable_image_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = run_cli("ask", str(bad), "q?", "--model", str(tmp_path))
+    assert out.returncode == 2 and "cannot read image" in out.stderr
+    assert "Traceback" not in out.stderr
