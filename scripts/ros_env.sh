@@ -1,0 +1,22 @@
+# shellcheck shell=bash
+# Source me: puts the install tree of scripts/build_interfaces.sh on the paths, so
+# `spatialthinker_ros.msg/srv/action` import and `ros2`-style tools find the package.
+#   . scripts/ros_env.sh            (VENV and ST_ROS_BUILD override the defaults)
+# The repository root goes on PYTHONPATH *before* the install tree: the source code wins over the
+# install tree's copy of it, and spatialthinker_ros.ros merges the generated msg/srv/action of the
+# install tree into the package (pkgutil.extend_path).
+_st_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
+_st_venv=${VENV:-$_st_root/.venv}
+_st_install=${ST_ROS_BUILD:-$_st_root/build/ros}/install
+_st_site=
+for _st_dir in "$_st_install"/lib/python3*/site-packages; do
+  [ -d "$_st_dir" ] && _st_site=$_st_dir && break
+done
+if [ -z "$_st_site" ]; then
+  echo "ros_env.sh: no install tree at $_st_install (run scripts/build_interfaces.sh)" >&2
+else
+  export PYTHONPATH="$_st_root:$_st_site${PYTHONPATH:+:$PYTHONPATH}"
+  export LD_LIBRARY_PATH="$_st_install/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export AMENT_PREFIX_PATH="$_st_install:$_st_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+fi
+unset _st_root _st_venv _st_install _st_site _st_dir

@@ -1,0 +1,243 @@
+"""The package shell: launch file, parameter file, RViz config, package.xml.
+
+`launch` / `launch_ros` are not installable from PyPI, so the launch description is loaded only
+where they exist (a ROS install, CI); everything else is checked statically, and the parameter
+file is loaded into a real rclpy node with the node's own parameter declarations.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_FILE = ROOT / "launch" / "perception.launch.py"
+PARAMS_FILE = ROOT / "config" / "perception.yaml"
+RVIZ_FILE = ROOT / "config" / "spatialthinker.rviz"
+NODE_FILE = ROOT / "spatialthinker_ros" / "ros" / "node.py"
+PARAMS_MODULE = ROOT / "spatialthinker_ros" / "ros" / "params.py"
+NO_LAUNCH = "launch/launch_ros are not installable from PyPI here"
+REQUIRED_ARGUMENTS = {
+    "model", "config_file", "namespace", "image", "depth", "camera_info", "question",
+    "use_sim_time", "autostart", "log_level",
+}
+
+
+# ------------------------------------------------------------------ static helpers
+
+
+def _call_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _calls(path: Path, name: str) -> list[ast.Call]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _call_name(n) == name]
+
+
+def _string_arg(call: ast.Call, index: int) -> str | None:
+    if len(call.args) > index and isinstance(call.args[index], ast.Constant):
+        value = call.args[index].value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def declared_parameters() -> set[str]:
+    """Parameter names the node declares: literal declare_parameter(...) calls in node.py and
+    the ParamSpec table of params.py that its declare_parameters() walks."""
+    if not NODE_FILE.exists():
+        pytest.skip("spatialthinker_ros/ros/node.py does not exist yet")
+    names = {n for c in _calls(NODE_FILE, "declare_parameter") if (n := _string_arg(c, 0))}
+    node_source = NODE_FILE.read_text()
+    if PARAMS_MODULE.exists() and "declare_parameters" in node_source:
+        names |= {n for c in _calls(PARAMS_MODULE, "ParamSpec") if (n := _string_arg(c, 0))}
+    return names
+
+
+def node_subscribed_topics() -> set[str]:
+    """Relative topics the node subscribes (second argument of create_subscription)."""
+    topics = {t for c in _calls(NODE_FILE, "create_subscription") if (t := _string_arg(c, 1))}
+    return {t for t in topics if not t.startswith("/")}
+
+
+def params_file() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+
+
+def commented_parameters() -> set[str]:
+    """Parameters documented as a commented-out example line (`# name: value`)."""
+    return set(re.findall(r"^\s+#\s*([a-z_]+):\s", PARAMS_FILE.read_text(), re.MULTILINE))
+
+
+def launch_arguments() -> dict[str, str]:
+    """name -> description of the ARGUMENTS table of the launch file (parsed, not run)."""
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "ARGUMENTS" for t in node.targets
+        ):
+            return {
+                entry.elts[0].value: entry.elts[2].value
+                for entry in node.value.elts
+                if isinstance(entry, ast.Tuple)
+            }
+    raise AssertionError("launch file has no ARGUMENTS table")
+
+
+# ------------------------------------------------------------------ launch file
+
+
+def test_launch_file_declares_documented_arguments() -> None:
+    arguments = launch_arguments()
+    assert REQUIRED_ARGUMENTS <= set(arguments)
+    assert all(isinstance(d, str) and len(d) > 10 for d in arguments.values())
+    source = LAUNCH_FILE.read_text()
+    assert "LifecycleNode(" in source and 'EXECUTABLE = "spatialthinker_node"' in source
+
+
+def test_launch_remaps_every_topic_the_node_subscribes() -> None:
+    if not NODE_FILE.exists():
+        pytest.skip("spatialthinker_ros/ros/node.py does not exist yet")
+    remapped = set()
+    for call in _calls(LAUNCH_FILE, "LifecycleNode"):
+        for keyword in call.keywords:
+            if keyword.arg == "remappings":
+                remapped |= {e.elts[0].value for e in keyword.value.elts}
+    topics = node_subscribed_topics()
+    assert {"image", "question"} <= topics
+    assert topics <= remapped, f"not remapped: {topics - remapped}"
+
+
+def test_launch_overrides_name_node_parameters() -> None:
+    namespace: dict[str, Any] = {}
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and (
+            node.targets[0].id in ("BOOLEAN_OVERRIDES", "STRING_OVERRIDES")
+        ):
+            namespace[node.targets[0].id] = ast.literal_eval(node.value)
+    overrides = set(namespace["BOOLEAN_OVERRIDES"]) | set(namespace["STRING_OVERRIDES"])
+    assert overrides | {"autostart"} <= declared_parameters()
+    assert overrides <= set(launch_arguments())
+
+
+def test_launch_description_loads_with_launch_ros() -> None:
+    if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
+        pytest.skip(NO_LAUNCH)
+    # Runs where ROS 2 is installed (CI); launch is not on PyPI.
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+    from launch_ros.actions import LifecycleNode
+
+    description = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
+    arguments = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
+    assert REQUIRED_ARGUMENTS <= {a.name for a in arguments}
+    context = LaunchContext()
+    context.launch_configurations["config_file"] = str(PARAMS_FILE)
+    for argument in arguments:
+        if argument.name != "config_file":
+            value = perform_substitutions(context, argument.default_value)
+            context.launch_configurations[argument.name] = value
+    context.launch_configurations["image"] = "/cam/color/image_raw"
+    (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
+    (node,) = opaque.execute(context)
+    assert isinstance(node, LifecycleNode)
+
+    def text(value) -> str:  # a str or substitutions, depending on the launch_ros release
+        return perform_substitutions(context, normalize_to_list_of_substitutions(value))
+
+    assert text(node.node_package) == "spatialthinker_ros"
+    assert text(node.node_executable) == "spatialthinker_node"
+
+
+# ------------------------------------------------------------------ parameter file
+
+
+def test_parameter_file_names_only_declared_parameters() -> None:
+    declared = declared_parameters()
+    in_file = set(params_file())
+    assert in_file <= declared, f"unknown to the node: {in_file - declared}"
+
+
+def test_parameter_file_documents_every_declared_parameter() -> None:
+    declared = declared_parameters()
+    documented = set(params_file()) | commented_parameters()
+    assert declared <= documented, f"missing from config/perception.yaml: {declared - documented}"
+
+
+def test_parameter_file_values_are_the_node_defaults_and_valid() -> None:
+    if not PARAMS_MODULE.exists():
+        pytest.skip("spatialthinker_ros/ros/params.py does not exist yet")
+    from spatialthinker_ros.ros import params
+
+    values = params_file()
+    assert params.validate_values(values) == []
+    defaults = params.default_values()
+    differing = {k: (v, defaults[k]) for k, v in values.items() if v != defaults[k]}
+    assert differing == {}, "config/perception.yaml should show the defaults"
+    text = PARAMS_FILE.read_text()
+    for name in values:  # every parameter has a comment line right above it
+        assert re.search(rf"#[^\n]*\n\s+{name}:", text), name
+
+
+def test_parameter_file_loads_into_the_node_declarations(ros_netns) -> None:
+    """rcl parses the file (--params-file) and the node's declarations accept every value."""
+    if not PARAMS_MODULE.exists():
+        pytest.skip("spatialthinker_ros/ros/params.py does not exist yet")
+    import rclpy
+
+    from spatialthinker_ros.ros import params
+
+    context = rclpy.context.Context()
+    rclpy.init(args=["test", "--ros-args", "--params-file", str(PARAMS_FILE)], context=context)
+    try:
+        node = rclpy.create_node("spatialthinker_node", context=context)
+        values, problems = params.declare_parameters(node)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert problems == []
+    assert {k: values[k] for k in params_file()} == params_file()
+
+
+# ------------------------------------------------------------------ RViz config, package.xml
+
+
+def test_rviz_config_shows_debug_image_and_markers(ros_interfaces) -> None:
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
+    assert displays["rviz_default_plugins/Image"]["Topic"]["Value"] == "/debug_image"
+    markers = displays["rviz_default_plugins/MarkerArray"]
+    assert markers["Topic"]["Value"] == "/markers"
+    from spatialthinker_ros.ros import markers as marker_module  # namespaces stay in sync
+
+    assert set(markers["Namespaces"]) == {
+        marker_module.NAMESPACE_BOXES, marker_module.NAMESPACE_LABELS,
+        marker_module.NAMESPACE_RELATIONS}
+
+
+def test_package_xml_is_a_valid_format_3_interface_package() -> None:
+    catkin_pkg = pytest.importorskip("catkin_pkg.package")
+    package = catkin_pkg.parse_package(str(ROOT / "package.xml"))
+    package.validate()
+    assert package.name == "spatialthinker_ros" and package.package_format == 3
+    assert package.get_build_type() == "ament_cmake"
+    assert "rosidl_interface_packages" in [g.name for g in package.member_of_groups]
+    buildtool = {d.name for d in package.buildtool_depends}
+    assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= buildtool
+    runtime = {d.name for d in package.exec_depends}  # <depend> counts as exec_depend too
+    assert {"rclpy", "sensor_msgs", "visualization_msgs", "rosidl_default_runtime",
+            "lifecycle_msgs", "diagnostic_msgs"} <= runtime
+    setup_py = ast.parse((ROOT / "setup.py").read_text())
+    versions = [k.value.value for c in ast.walk(setup_py) if isinstance(c, ast.Call)
+                for k in c.keywords if k.arg == "version"]
+    assert versions == [package.version]
