@@ -15,7 +15,7 @@ INTERFACE_FILES = [
 setup(
     name="spatialthinker_ros",
     version="0.1.0",
-    description="SpatialThinker-3B spatial reasoning for ROS 2: scene graphs and answers for planners",
+    description="SpatialThinker-3B spatial reasoning for ROS 2: scene graphs and answers",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8")
     if (ROOT / "README.md").exists()
     else "",
