@@ -9,6 +9,7 @@ OpenAI-compatible remote backend (`openai_backend.py`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,9 @@ DEFAULT_MAX_PIXELS = 1_003_520
 
 ImageInput = Image.Image | np.ndarray
 QuestionInput = str | tuple[str, Sequence[str]]
+
+# Qwen chat control tokens (`<|im_start|>`, `<|image_pad|>`, ...): never accepted in a question.
+CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 TextCallback = Callable[[str], None]
 StopCallback = Callable[[], bool]
 
@@ -58,6 +62,9 @@ class EngineConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_new_tokens: int = 1024
     prompt_style: PromptStyle = PromptStyle.CARD
+    # answer_many: decode the questions as one batch (fastest; may differ from one-by-one greedy
+    # output in near-ties on GPUs) instead of one after another from the shared prefix cache.
+    batch_questions: bool = False
     # Remote backend ("openai"): server URL, served model name, env var holding the API key.
     base_url: str = "http://127.0.0.1:8000/v1"
     api_model: str = ""  # defaults to `model`
@@ -138,6 +145,9 @@ class Result:
 
 class GenerationBackend(Protocol):
     name: str
+    # True when the backend's own processor resizes the frame to the model size (the engine then
+    # hands it the source frame); False when it needs the frame already resized.
+    resizes_to_model_size: bool
 
     def load(self) -> None: ...
 
@@ -215,14 +225,15 @@ class SpatialThinkerEngine:
         return self.backend.describe()
 
     def prepare_image(self, image: ImageInput) -> PreparedImage:
-        """Resize to the size the model will see (identity when it already fits)."""
+        """The size the model will see; the frame resized to it unless the backend's processor
+        does that itself (the in-process one: same size, one resize instead of two)."""
         pil = _as_pil(image)
         source = pil.size
         try:
             target = fit_to_pixel_budget(*source, self.config.min_pixels, self.config.max_pixels)
         except ValueError as exc:
             raise EngineError(str(exc)) from exc
-        if target != source:
+        if target != source and not getattr(self.backend, "resizes_to_model_size", False):
             pil = pil.resize(target, Image.Resampling.BICUBIC)
         return PreparedImage(pil, source, target)
 
@@ -231,6 +242,8 @@ class SpatialThinkerEngine:
     ) -> str:
         if not question or not question.strip():
             raise EngineError("question is empty")
+        if CONTROL_TOKEN.search(question) or any(CONTROL_TOKEN.search(c) for c in choices):
+            raise EngineError("question contains model control tokens such as <|im_start|>")
         try:
             return build_prompt(
                 question, *prepared.model_size, choices or None, self.config.prompt_style

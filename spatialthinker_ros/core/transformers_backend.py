@@ -13,12 +13,14 @@ from PIL import Image
 
 from .engine import (
     EngineConfig,
+    EngineError,
     Generation,
     GenerationStopped,
     ModelLoadError,
     StopCallback,
     TextCallback,
 )
+from .geometry import fit_to_pixel_budget
 
 
 def validate_model_reference(model: str) -> str:
@@ -71,6 +73,7 @@ def resolve_attention(attn: str, device: str) -> str:
 
 class TransformersBackend:
     name = "transformers"
+    resizes_to_model_size = True  # the processor's smart_resize == geometry.fit_to_pixel_budget
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -150,9 +153,20 @@ class TransformersBackend:
         text = self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        return self.processor(text=[text], images=[image], return_tensors="pt").to(
-            self.model.device
-        )
+        inputs = self.processor(text=[text], images=[image], return_tensors="pt")
+        self._check_fed_size(image, inputs["image_grid_thw"][0])
+        return inputs.to(self.model.device)
+
+    def _check_fed_size(self, image: Image.Image, grid_thw) -> None:
+        """The prompt states fit_to_pixel_budget's size: the processor must feed exactly that."""
+        patch = self.model.config.vision_config.patch_size
+        fed = (int(grid_thw[2]) * patch, int(grid_thw[1]) * patch)
+        stated = fit_to_pixel_budget(*image.size, self.config.min_pixels, self.config.max_pixels)
+        if fed != stated:
+            raise EngineError(
+                f"the processor fed {fed[0]} x {fed[1]} but the prompt states "
+                f"{stated[0]} x {stated[1]}: its pixel limits differ from the engine's"
+            )
 
     def generate(
         self,
@@ -196,15 +210,21 @@ class TransformersBackend:
         self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
     ) -> list[Generation]:
         """One prefill of the image and the shared prompt tokens, then one greedy continuation
-        per prompt from a copy of that KV cache (`prefix_cache`): the same tokens as `generate`
-        per prompt. A single prompt, or prompts sharing no prefix that holds the image, go
-        through `generate` one by one."""
+        per prompt from a copy of that KV cache (`prefix_cache`): the tokens `generate` gives
+        per prompt (tested on the CPU). With `EngineConfig.batch_questions`, the prompts
+        decode as one batch instead (faster on a GPU). A single prompt, or prompts sharing no
+        prefix that holds the image, go through `generate` one by one."""
         from . import prefix_cache
 
         if len(prompts) < 2:
             return [self.generate(image, p, max_new_tokens=max_new_tokens) for p in prompts]
         outputs = prefix_cache.generate_many(
-            self.model, self.processor, image, prompts, max_new_tokens=max_new_tokens
+            self.model,
+            self.processor,
+            image,
+            prompts,
+            batched=self.config.batch_questions,
+            max_new_tokens=max_new_tokens,
         )
         if outputs is None:
             return [self.generate(image, p, max_new_tokens=max_new_tokens) for p in prompts]

@@ -1,0 +1,98 @@
+"""Helpers shared by the bench scripts: timing statistics, tables, test images, machine facts.
+
+Bench scripts are run from the repository root, e.g. `PYTHONPATH=. .venv/bin/python
+bench/prefix_reuse.py`; they never download anything (HF_HUB_OFFLINE is forced on).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Seconds over repeats."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def measure(call: Callable[[], object], repeats: int, warmup: int = 1) -> Stats:
+    """Run `call` warmup + repeats times; keep the repeats' wall times."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return Stats(tuple(samples))
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A Markdown table (pastes into bench/README.md as is)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def noise_rgb(width: int, height: int, seed: int = 0):
+    """H x W x 3 uint8 noise (the worst case for any compression or resampling shortcut)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def machine_line() -> str:
+    """One line naming the machine, for the records in bench/README.md."""
+    import torch
+
+    cores = os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.machine()}, {cores} cores, {gpu}, torch {torch.__version__}, "
+        f"python {platform.python_version()}"
+    )
+
+
+def pin_to_one_core() -> int | None:
+    """Pin this process to one core (the per-core overhead figure); returns it, or None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    return core
