@@ -33,6 +33,7 @@ setup(
         "transformers>=5,<6",
         "json-repair>=0.30",
         "rosbags>=0.10",
+        "mcap>=1.1",  # reads truncated MCAP bags that rosbags cannot open
         "tqdm>=4.60",
     ],
     extras_require={

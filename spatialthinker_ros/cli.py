@@ -158,19 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(ask)
     ask.set_defaults(func=ask_main)
 
-    try:
-        from .replay import add_replay_arguments, replay_main
-        from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
-    except ImportError:  # replay needs rosbags (a core dependency); keep `ask` usable without it
-        pass
-    else:
-        replay = sub.add_parser("replay", help="run the pipeline over a rosbag2 (MCAP/sqlite3)")
-        add_replay_arguments(replay)
-        add_engine_arguments(replay)
-        replay.set_defaults(func=replay_main)
-        sample = sub.add_parser("make-sample-bag", help="write a small synthetic camera bag")
-        add_make_sample_bag_arguments(sample)
-        sample.set_defaults(func=make_sample_bag_main)
+    from .replay import add_replay_arguments, replay_main
+    from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
+
+    replay = sub.add_parser("replay", help="run the pipeline over a rosbag2 (MCAP/sqlite3)")
+    add_replay_arguments(replay)
+    add_engine_arguments(replay)
+    replay.set_defaults(func=replay_main)
+    sample = sub.add_parser("make-sample-bag", help="write a small synthetic RGB-D camera bag")
+    add_make_sample_bag_arguments(sample)
+    sample.set_defaults(func=make_sample_bag_main)
 
     tiny = sub.add_parser(
         "make-test-model",
