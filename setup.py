@@ -48,6 +48,7 @@ setup(
             "openai>=1.40",
             "httpx>=0.27",
             "accelerate>=1.0",  # the model card's snippet uses device_map="auto"
+            "transformers[serving]>=5,<6",  # a real OpenAI-compatible server for the remote tests
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},
