@@ -10,8 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS  # noqa: F401 (re-export)
+
+# Fuzz tests run the same cases every time (CI must be repeatable); HYPOTHESIS_PROFILE=explore
+# draws new ones locally.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -19,7 +19,7 @@ import math
 import random
 from collections import Counter
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 # test/ is on sys.path under pytest (rootdir conftest, no package): reuse the real outputs.
@@ -232,9 +232,12 @@ def test_broken_scene_json(scene, mutations, single_quotes, choices):
 
 @settings(max_examples=2000, deadline=None)
 @given(bbox=BOX_VALUES)
+@example(bbox="<ANSWER>")  # a tag inside the JSON: ambiguous, must only not raise
 def test_box_values(bbox):
     scene_json = json.dumps({"objects": [{"id": "cup.1", "bbox": bbox}]}, allow_nan=True)
     r = check("boxes", output(scene=scene_json), MUG_CHOICES)
+    if "<" in str(bbox):  # text that looks like a tag splits the sections: no oracle beyond check
+        return
     (obj,) = r.scene_graph.objects
     assert obj.id == "cup.1" and obj.label == "cup"
     numbers_ok = (
@@ -256,6 +259,7 @@ UNICODE = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
 
 @settings(max_examples=1500, deadline=None)
 @given(observe=UNICODE, object_id=UNICODE, predicate=UNICODE, think=UNICODE, tail=UNICODE)
+@example(observe="", object_id="```", predicate="", think="", tail="")  # fence-like id kept
 def test_unicode_sections(observe, object_id, predicate, think, tail):
     scene_json = json.dumps(
         {

@@ -53,7 +53,8 @@ _SCENE_CLOSE_RE = re.compile(r"<\s*/\s*scene\s*>", re.IGNORECASE)
 _ANSWER_CLOSE_RE = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _OPEN_RE = {name: re.compile(rf"<\s*{name}\s*>", re.IGNORECASE) for name in ("think", "answer")}
 _ANSWER_PREFIX_RE = re.compile(r"\banswer\s*:", re.IGNORECASE)
-_FENCE_RE = re.compile(r"```(?:json)?", re.IGNORECASE)
+# A Markdown code fence around the whole scene JSON (not backticks inside its strings).
+_FENCE_RE = re.compile(r"^\s*```(?:json)?[ \t]*\n?|\n?[ \t]*```\s*$", re.IGNORECASE)
 # `(B) text`, `( b ). text`, `B) text`, `B. text`, `B: text`, `B`.
 _LEADING_OPTION_RE = re.compile(
     r"\(\s*([A-Za-z])\s*\)[\s.:)\-]*(.*)|([A-Za-z])\s*(?:[):]|\.(?![A-Za-z0-9]))\s*(.*)|([A-Za-z])",
