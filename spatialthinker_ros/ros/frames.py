@@ -1,0 +1,117 @@
+"""Newest-frame stores for camera callbacks (no rclpy): O(1) puts, frames dropped, never queued.
+
+Camera callbacks run on the executor and must never wait on the model: they hand the message
+over untouched (no conversion, no copy) and return. The inference worker takes the newest frame
+when it starts a request. A frame replaced before anyone used it counts as dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Frame(Generic[T]):
+    """One stored message. `stamp_s` is the message's header stamp (seconds; the receipt time
+    when the header was left at zero), `received_s` the node clock when it arrived."""
+
+    message: T
+    stamp_s: float
+    received_s: float
+    seq: int  # 1, 2, ... in arrival order
+
+    def age_s(self, now_s: float) -> float:
+        return now_s - self.stamp_s
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    received: int
+    dropped: int  # replaced before any request used them
+
+
+class LatestFrame(Generic[T]):
+    """The newest message of one topic; older ones are dropped on arrival of a newer one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame[T] | None = None
+        self._used = False
+        self._received = 0
+        self._dropped = 0
+
+    def put(self, message: T, stamp_s: float, received_s: float | None = None) -> None:
+        """Store `message` as the newest frame. O(1): keeps a reference, copies nothing."""
+        received = time.monotonic() if received_s is None else received_s
+        with self._lock:
+            if self._frame is not None and not self._used:
+                self._dropped += 1
+            self._received += 1
+            stamp = stamp_s if stamp_s > 0.0 else received
+            self._frame = Frame(message, stamp, received, self._received)
+            self._used = False
+
+    def peek(self) -> Frame[T] | None:
+        """The newest frame without marking it used."""
+        with self._lock:
+            return self._frame
+
+    def take(self) -> Frame[T] | None:
+        """The newest frame, marked used (it stays available to later requests)."""
+        with self._lock:
+            self._used = self._frame is not None
+            return self._frame
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frame = None
+            self._used = False
+
+    @property
+    def stats(self) -> FrameStats:
+        with self._lock:
+            return FrameStats(self._received, self._dropped)
+
+
+class StampedHistory(Generic[T]):
+    """The last few messages of a topic, to pick the one whose stamp is closest to another
+    stream's (aligned depth for an image). Bounded: the oldest falls out on each put."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._lock = threading.Lock()
+        self._items: deque[tuple[float, T]] = deque(maxlen=capacity)
+
+    def put(self, message: T, stamp_s: float) -> None:
+        with self._lock:
+            self._items.append((stamp_s, message))
+
+    def closest(self, stamp_s: float, tolerance_s: float) -> T | None:
+        """The message whose stamp is nearest to `stamp_s`, if within `tolerance_s`."""
+        with self._lock:
+            items = list(self._items)
+        best: tuple[float, T] | None = None
+        for item_stamp, message in items:
+            gap = abs(item_stamp - stamp_s)
+            if gap <= tolerance_s and (best is None or gap < best[0]):
+                best = (gap, message)
+        return None if best is None else best[1]
+
+    def newest(self) -> T | None:
+        with self._lock:
+            return self._items[-1][1] if self._items else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
