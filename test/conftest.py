@@ -7,11 +7,16 @@ build/test-models (git-ignored; a fresh clone builds them again).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import settings
 
+from spatialthinker_ros.testing.ports import free_port
 from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS  # noqa: F401 (re-export)
 
 # Fuzz tests run the same cases every time (CI must be repeatable); HYPOTHESIS_PROFILE=explore
@@ -44,3 +49,36 @@ def fitted_model_dir() -> Path:
     from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
 
     return cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)
+
+
+SERVE = Path(sys.executable).with_name("transformers")
+
+
+@pytest.fixture(scope="session")
+def served_model(fitted_model_dir):
+    """`transformers serve` (transformers' serving extra) on 127.0.0.1, stopped after the tests."""
+    if not SERVE.exists():
+        pytest.skip("transformers[serving] is not installed (pip install -e .[test])")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [str(SERVE), "serve", str(fitted_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("transformers serve did not come up within 120 s")
+        yield f"{url}/v1", str(fitted_model_dir)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,60 +5,22 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from spatialthinker_ros.core.engine import EngineConfig, EngineError, SpatialThinkerEngine
 from spatialthinker_ros.core.openai_backend import BackendTimeout, BackendUnavailable
+from spatialthinker_ros.testing.ports import free_port
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE = Path(sys.executable).with_name("transformers")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_model(fitted_model_dir):
-    """`transformers serve` (transformers' serving extra) on 127.0.0.1, stopped after the tests."""
-    if not SERVE.exists():
-        pytest.skip("transformers[serving] is not installed (pip install -e .[test])")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [str(SERVE), "serve", str(fitted_model_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("transformers serve did not come up within 120 s")
-        yield f"{url}/v1", str(fitted_model_dir)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def image(w: int = 641, h: int = 479) -> Image.Image:

@@ -38,48 +38,139 @@ class ParamSpec:
 
 
 SPECS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", DEFAULT_MODEL, "Hugging Face id (org/name) or local directory of the model; "
-              "remote code is never trusted", read_only=True),
-    ParamSpec("backend", "transformers", "Inference backend: transformers (in process) or openai "
-              "(OpenAI-compatible server)", read_only=True, choices=("transformers", "openai")),
+    ParamSpec(
+        "model",
+        DEFAULT_MODEL,
+        "Hugging Face id (org/name) or local directory of the model; remote code is never trusted",
+        read_only=True,
+    ),
+    ParamSpec(
+        "backend",
+        "transformers",
+        "Inference backend: transformers (in process) or openai (OpenAI-compatible server)",
+        read_only=True,
+        choices=("transformers", "openai"),
+    ),
+    ParamSpec(
+        "base_url",
+        "http://127.0.0.1:8000/v1",
+        "backend openai: the server's OpenAI-compatible URL",
+        read_only=True,
+    ),
+    ParamSpec(
+        "api_model",
+        "",
+        "backend openai: served model name (empty: the model parameter)",
+        read_only=True,
+    ),
+    ParamSpec(
+        "api_key_env",
+        "OPENAI_API_KEY",
+        "backend openai: environment variable holding the "
+        "API key (the key itself is never a parameter)",
+        read_only=True,
+    ),
     ParamSpec("device", "auto", "auto, cpu, cuda or cuda:N", read_only=True),
-    ParamSpec("dtype", "auto", "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32",
-              read_only=True, choices=("auto", "bfloat16", "float16", "float32")),
-    ParamSpec("attn_implementation", "sdpa", "auto, sdpa, eager or flash_attention_2",
-              read_only=True, choices=("auto", "sdpa", "eager", "flash_attention_2")),
-    ParamSpec("min_pixels", DEFAULT_MIN_PIXELS, "Smallest image area fed to the model (pixels)",
-              read_only=True, int_range=(PIXELS_FLOOR, PIXELS_CEILING)),
-    ParamSpec("max_pixels", DEFAULT_MAX_PIXELS, "Largest image area fed to the model (pixels); "
-              "camera frames are scaled down to fit", read_only=True,
-              int_range=(PIXELS_FLOOR, PIXELS_CEILING)),
-    ParamSpec("max_new_tokens", 1024, "Most tokens generated per answer", read_only=True,
-              int_range=(1, 8192)),
-    ParamSpec("prompt_style", PromptStyle.CARD.value, "card (model card prompt) or paper_eval "
-              "(the paper's evaluation prompt)", read_only=True,
-              choices=tuple(s.value for s in PromptStyle)),
+    ParamSpec(
+        "dtype",
+        "auto",
+        "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32",
+        read_only=True,
+        choices=("auto", "bfloat16", "float16", "float32"),
+    ),
+    ParamSpec(
+        "attn_implementation",
+        "sdpa",
+        "auto, sdpa, eager or flash_attention_2",
+        read_only=True,
+        choices=("auto", "sdpa", "eager", "flash_attention_2"),
+    ),
+    ParamSpec(
+        "min_pixels",
+        DEFAULT_MIN_PIXELS,
+        "Smallest image area fed to the model (pixels)",
+        read_only=True,
+        int_range=(PIXELS_FLOOR, PIXELS_CEILING),
+    ),
+    ParamSpec(
+        "max_pixels",
+        DEFAULT_MAX_PIXELS,
+        "Largest image area fed to the model (pixels); camera frames are scaled down to fit",
+        read_only=True,
+        int_range=(PIXELS_FLOOR, PIXELS_CEILING),
+    ),
+    ParamSpec(
+        "max_new_tokens",
+        1024,
+        "Most tokens generated per answer",
+        read_only=True,
+        int_range=(1, 8192),
+    ),
+    ParamSpec(
+        "prompt_style",
+        PromptStyle.CARD.value,
+        "card (model card prompt) or paper_eval (the paper's evaluation prompt)",
+        read_only=True,
+        choices=tuple(s.value for s in PromptStyle),
+    ),
     ParamSpec("autostart", False, "Configure and activate on start (main() only)", read_only=True),
-    ParamSpec("rate_hz", 1.0, "Rate of answering the standing question on the newest frame; "
-              "0 disables standing questions", float_range=(0.0, 30.0)),
-    ParamSpec("standing_question", "", "Question answered at rate_hz (also set by the question "
-              "topic); empty: none"),
+    ParamSpec(
+        "rate_hz",
+        1.0,
+        "Rate of answering the standing question on the newest frame; "
+        "0 disables standing questions",
+        float_range=(0.0, 30.0),
+    ),
+    ParamSpec(
+        "standing_question",
+        "",
+        "Question answered at rate_hz (also set by the question topic); empty: none",
+    ),
     ParamSpec("standing_choices", STRING_ARRAY, "Answer options of the standing question"),
-    ParamSpec("max_image_age_s", 1.0, "Oldest acceptable image (stamp vs. now) for standing "
-              "questions and requests that give none", float_range=(0.001, 3600.0)),
-    ParamSpec("max_queue", 4, "Requests waiting behind the running one (busy_policy queue)",
-              int_range=(0, 64)),
-    ParamSpec("busy_policy", "queue", "queue: wait in line up to max_queue, then BUSY; "
-              "reject: BUSY whenever the model is busy", choices=("queue", "reject")),
-    ParamSpec("timeout_s", 60.0, "Longest inference; past it the answer is TIMEOUT",
-              float_range=(0.1, 3600.0)),
-    ParamSpec("max_question_chars", 2000, "Longest accepted question (characters)",
-              int_range=(1, 100_000)),
-    ParamSpec("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "Largest camera image converted "
-              "(pixels); bigger frames are rejected", int_range=(1, 1 << 28)),
+    ParamSpec(
+        "max_image_age_s",
+        1.0,
+        "Oldest acceptable image (stamp vs. now) for standing "
+        "questions and requests that give none",
+        float_range=(0.001, 3600.0),
+    ),
+    ParamSpec(
+        "max_queue",
+        4,
+        "Requests waiting behind the running one (busy_policy queue)",
+        int_range=(0, 64),
+    ),
+    ParamSpec(
+        "busy_policy",
+        "queue",
+        "queue: wait in line up to max_queue, then BUSY; reject: BUSY whenever the model is busy",
+        choices=("queue", "reject"),
+    ),
+    ParamSpec(
+        "timeout_s",
+        60.0,
+        "Longest inference; past it the answer is TIMEOUT",
+        float_range=(0.1, 3600.0),
+    ),
+    ParamSpec(
+        "max_question_chars", 2000, "Longest accepted question (characters)", int_range=(1, 100_000)
+    ),
+    ParamSpec(
+        "max_image_pixels",
+        DEFAULT_MAX_IMAGE_PIXELS,
+        "Largest camera image converted (pixels); bigger frames are rejected",
+        int_range=(1, 1 << 28),
+    ),
     ParamSpec("use_compressed", False, "Subscribe image/compressed too (next activation)"),
-    ParamSpec("use_depth", False, "Subscribe depth + camera_info for 3D positions "
-              "(next activation)"),
-    ParamSpec("depth_stamp_tolerance_s", 0.05, "Largest stamp gap between an image and the "
-              "depth frame used for it", float_range=(0.0, 1.0)),
+    ParamSpec(
+        "use_depth", False, "Subscribe depth + camera_info for 3D positions (next activation)"
+    ),
+    ParamSpec(
+        "depth_stamp_tolerance_s",
+        0.05,
+        "Largest stamp gap between an image and the depth frame used for it",
+        float_range=(0.0, 1.0),
+    ),
     ParamSpec("publish_debug_image", True, "Render debug_image (only while someone subscribes)"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -91,6 +182,9 @@ class NodeSettings:
 
     model: str
     backend: str
+    base_url: str
+    api_model: str
+    api_key_env: str
     device: str
     dtype: str
     attn_implementation: str
@@ -129,6 +223,9 @@ class NodeSettings:
         return EngineConfig(
             model=self.model.strip(),
             backend=self.backend,
+            base_url=self.base_url,
+            api_model=self.api_model,
+            api_key_env=self.api_key_env,
             device=self.device,
             dtype=self.dtype,
             attn_implementation=self.attn_implementation,
@@ -186,6 +283,10 @@ def validate_value(name: str, value: Any) -> str | None:
             return f"{name} must be a number in [{lo}, {hi}]; got {value!r}"
     if name == "model":
         return validate_model(value)
+    if name == "base_url" and not (
+        isinstance(value, str) and re.fullmatch(r"https?://[^\s]+", value)
+    ):
+        return f"base_url must be an http(s) URL; got {value!r}"
     if name == "device":
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
@@ -244,12 +345,15 @@ def descriptor_for(spec: ParamSpec):
         additional_constraints=extra,
     )
     if spec.int_range is not None:
-        descriptor.integer_range = [IntegerRange(from_value=spec.int_range[0],
-                                                 to_value=spec.int_range[1], step=1)]
+        descriptor.integer_range = [
+            IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=1)
+        ]
     if spec.float_range is not None:
-        descriptor.floating_point_range = [FloatingPointRange(from_value=spec.float_range[0],
-                                                              to_value=spec.float_range[1],
-                                                              step=0.0)]
+        descriptor.floating_point_range = [
+            FloatingPointRange(
+                from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0
+            )
+        ]
     return descriptor
 
 

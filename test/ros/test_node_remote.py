@@ -1,0 +1,52 @@
+"""The node with `backend: openai` against a real OpenAI-compatible server on loopback
+(`transformers serve` of the fitted tiny model): same answers as in process (issue 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+from test_node import Harness, assert_box, expected_box, loopback_only_reason  # noqa: E402
+
+
+def test_node_answers_through_a_remote_server(ros_interfaces, served_model):
+    reason = loopback_only_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    base_url, model_dir = served_model
+    harness = Harness(model_dir, backend="openai", base_url=base_url, api_model=model_dir)
+    harness.start()
+    try:
+        header = harness.send_frame(frame_id="cam_remote")
+        answer = harness.ask(request_id="remote-1")
+        assert answer.status == harness.SpatialAnswer.STATUS_OK, answer.status_message
+        assert (answer.option, answer.matched_choice) == ("A", "left")
+        assert answer.header.frame_id == "cam_remote" and answer.header.stamp == header.stamp
+        graph = answer.scene_graph
+        assert [o.id for o in graph.objects] == ["cube.1", "ball.1"]
+        assert_box(graph.objects[0], expected_box([64, 120, 256, 360]))
+        diagnostics = harness.diagnostics(lambda v: v.get("backend") == "openai")
+        assert diagnostics["base_url"] == base_url
+    finally:
+        harness.close()
+
+
+def test_node_reports_a_dead_server_as_inference_error(ros_interfaces, fitted_model_dir):
+    from spatialthinker_ros.testing.ports import free_port
+
+    reason = loopback_only_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens
+    harness = Harness(fitted_model_dir, backend="openai", base_url=url)
+    harness.start()
+    try:
+        harness.send_frame()
+        answer = harness.ask()
+        assert answer.status == harness.SpatialAnswer.STATUS_INFERENCE_ERROR
+        assert url in answer.status_message
+        again = harness.ask()  # the node keeps serving
+        assert again.status == harness.SpatialAnswer.STATUS_INFERENCE_ERROR
+    finally:
+        harness.close()
