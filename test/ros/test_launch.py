@@ -62,8 +62,10 @@ def declared_parameters() -> set[str]:
 
 
 def node_subscribed_topics() -> set[str]:
-    """Relative topics the node subscribes (second argument of create_subscription)."""
+    """Relative topics the node subscribes: the topic argument of create_subscription, and the
+    topics it resolves for its camera intake (`self._resolve("image")`)."""
     topics = {t for c in _calls(NODE_FILE, "create_subscription") if (t := _string_arg(c, 1))}
+    topics |= {t for c in _calls(NODE_FILE, "_resolve") if (t := _string_arg(c, 0))}
     return {t for t in topics if not t.startswith("/")}
 
 
