@@ -483,7 +483,7 @@ class SpatialThinkerNode(LifecycleNode):
             self._subs.append(intake.subscribe(
                 Image, self._resolve("depth"), self._on_depth, CAMERA_QOS))
             self._subs.append(intake.subscribe(
-                CameraInfo, self._resolve("camera_info"), self._on_camera_info, RELIABLE))
+                CameraInfo, self._resolve("camera_info"), self._on_camera_info, CAMERA_QOS))
 
     def _resolve(self, topic: str) -> str:
         """The topic name after this node's namespace and remapping rules."""
