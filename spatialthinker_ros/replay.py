@@ -1,7 +1,7 @@
 """`spatialthinker-ros replay`: the perception pipeline over a rosbag2 (MCAP or sqlite3), no ROS.
 
 Reads camera images (Image or CompressedImage, plus optional aligned depth and CameraInfo matched
-by stamp), answers a question on each selected frame, and writes an output bag with the images
+by stamp), answers one or more questions on each selected frame, and writes an output bag with the images
 used, SceneGraph and SpatialAnswer messages, annotated images and markers, each stamped with the
 source image's header; optionally a JSONL of results and the annotated frames as PNG.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ class ReplayConfig:
     in_bag: Path
     out_bag: Path
     image_topic: str
-    question: str
+    questions: tuple[str, ...]  # several: the image prefix is shared (engine.answer_many)
     choices: tuple[str, ...] = ()
     depth_topic: str = ""
     camera_info_topic: str = ""
@@ -336,34 +336,43 @@ class _Replayer:
         header = frame.msg.header
         self._write(c.image_topic, frame.msgtype, frame.bag_ns, raw=frame.raw)
         try:
-            result = self.engine.answer(rgb, c.question, c.choices or None)
+            if len(c.questions) == 1:
+                results = [self.engine.answer(rgb, c.questions[0], c.choices or None)]
+            else:  # the image and the shared prompt prefix are encoded once for all questions
+                results = self.engine.answer_many(rgb, [(q, c.choices) for q in c.questions])
         except EngineError as exc:
             self.summary.inference_errors += 1
             self._warn(f"inference failed at {frame.stamp_ns / 1e9:.3f} s: {exc}")
-            answer = self._answer_msg(header, None, STATUS_INFERENCE_ERROR, str(exc))
-            self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
+            for question in c.questions:
+                answer = self._answer_msg(header, question, None, STATUS_INFERENCE_ERROR, str(exc))
+                self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
             return
-        graph = self._with_positions(result.reasoning.scene_graph, frame, rgb.shape)
-        graph_msg = self._graph_msg(header, graph, result.reasoning.observation)
-        status = STATUS_OF_PARSE[result.reasoning.status]
-        answer = self._answer_msg(header, result, status, result.reasoning.message, graph_msg)
-        annotated = draw_scene_graph(rgb, graph, result.reasoning.answer)
-        self._write(f"{c.prefix}/scene_graph", SCENE_GRAPH, frame.bag_ns, graph_msg)
-        self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
-        self._write(
-            f"{c.prefix}/debug_image", IMAGE, frame.bag_ns, self._image_msg(header, annotated)
-        )
-        self._write(f"{c.prefix}/markers", MARKERS, frame.bag_ns, self._markers(header, graph))
+        depth = self._aligned_depth(frame, rgb.shape)
+        for index, result in enumerate(results):
+            graph = self._with_positions(result.reasoning.scene_graph, depth)
+            result = replace(result, reasoning=replace(result.reasoning, scene_graph=graph))
+            graph_msg = self._graph_msg(header, graph, result.reasoning.observation)
+            status = STATUS_OF_PARSE[result.reasoning.status]
+            answer = self._answer_msg(
+                header, result.question, result, status, result.reasoning.message, graph_msg
+            )
+            self._write(f"{c.prefix}/scene_graph", SCENE_GRAPH, frame.bag_ns, graph_msg)
+            self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
+            if self.jsonl is not None:
+                record = {"stamp": frame.stamp_ns / 1e9, "frame_id": header.frame_id}
+                record.update(result_to_dict(result))
+                self.jsonl.write(json.dumps(record) + "\n")
+                self.jsonl.flush()
+            if index == 0:  # the debug image and markers show the first question's graph
+                self._write_visuals(frame, header, rgb, graph, result)
         self.summary.frames_answered += 1
-        if self.jsonl is not None:
-            record = {"stamp": frame.stamp_ns / 1e9, "frame_id": header.frame_id}
-            record.update(result_to_dict(result))
-            record["scene_graph"]["objects"] = [
-                {**o, "position": list(g.position) if g.position else None}
-                for o, g in zip(record["scene_graph"]["objects"], graph.objects, strict=True)
-            ]
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+
+    def _write_visuals(self, frame: _Frame, header, rgb: np.ndarray, graph, result: Result) -> None:
+        c = self.config
+        annotated = draw_scene_graph(rgb, graph, result.reasoning.answer)
+        image = self._image_msg(header, annotated)
+        self._write(f"{c.prefix}/debug_image", IMAGE, frame.bag_ns, image)
+        self._write(f"{c.prefix}/markers", MARKERS, frame.bag_ns, self._markers(header, graph))
         if c.save_frames is not None:
             from PIL import Image
 
@@ -376,26 +385,32 @@ class _Replayer:
             return decode_compressed(bytes(m.data))
         return image_to_rgb(m.encoding, m.width, m.height, m.step, m.data, bool(m.is_bigendian))
 
-    def _with_positions(self, graph: SceneGraph, frame: _Frame, shape) -> SceneGraph:
-        """3D centres from the depth image nearest in stamp (within tolerance) + camera_info."""
+    def _aligned_depth(self, frame: _Frame, shape) -> tuple[np.ndarray, CameraIntrinsics] | None:
+        """Depth (metres) nearest in stamp within tolerance, and intrinsics; None without."""
         if not self.depths or self.camera_info is None:
-            return graph
+            return None
         depth = min(self.depths, key=lambda d: abs(d.stamp_ns - frame.stamp_ns))
         if abs(depth.stamp_ns - frame.stamp_ns) > self.config.depth_tolerance_s * 1e9:
-            return graph
+            return None
         d = depth.msg
         if (d.height, d.width) != tuple(shape[:2]):
             self._warn("depth and colour sizes differ: no 3D positions (depth must be aligned)")
-            return graph
+            return None
         try:
             meters = depth_to_meters(
                 d.encoding, d.width, d.height, d.step, d.data, bool(d.is_bigendian)
             )
         except ImageConversionError as exc:
             self._warn(f"depth image unusable: {exc}")
-            return graph
+            return None
         k = self.camera_info.k
-        intrinsics = CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
+        return meters, CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
+
+    def _with_positions(self, graph: SceneGraph, depth) -> SceneGraph:
+        """3D centres of the boxes from `_aligned_depth`'s result."""
+        if depth is None:
+            return graph
+        meters, intrinsics = depth
         objects = []
         for o in graph.objects:
             position = lift_box_to_3d(o.box, meters, intrinsics) if o.box else None
@@ -450,11 +465,19 @@ class _Replayer:
             relations=relations,
         )
 
-    def _answer_msg(self, header, result: Result | None, status: int, message: str, graph_msg=None):
+    def _answer_msg(
+        self,
+        header,
+        question: str,
+        result: Result | None,
+        status: int,
+        message: str,
+        graph_msg=None,
+    ):
         c = self.config
         fields = {
             "header": header,
-            "question": c.question,
+            "question": question,
             "choices": list(c.choices),
             "status": status,
             "status_message": message,
@@ -571,7 +594,13 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage")
     parser.add_argument("--depth-topic", default="", help="aligned depth (16UC1 mm or 32FC1 m)")
     parser.add_argument("--camera-info-topic", default="")
-    parser.add_argument("--question", required=True)
+    parser.add_argument(
+        "--question",
+        required=True,
+        action="append",
+        dest="questions",
+        help="repeat for several questions per frame (the image is encoded once for all)",
+    )
     parser.add_argument("--choices", nargs="+", default=[], metavar="CHOICE")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--every", type=int, default=1, metavar="N", help="answer every Nth image")
@@ -596,7 +625,7 @@ def replay_main(args: argparse.Namespace) -> int:
         in_bag=args.in_bag,
         out_bag=args.out,
         image_topic=args.image_topic,
-        question=args.question,
+        questions=tuple(args.questions),
         choices=tuple(args.choices),
         depth_topic=args.depth_topic,
         camera_info_topic=args.camera_info_topic,

@@ -46,18 +46,17 @@ def engine(fitted_model_dir):
 
 
 def replay(engine, in_bag: Path, out: Path, **overrides):
-    config = ReplayConfig(
-        in_bag=in_bag,
-        out_bag=out,
-        image_topic=IMAGE_TOPIC,
-        question="Where is the cube?",
-        choices=("left", "right"),
-        depth_topic=DEPTH_TOPIC,
-        camera_info_topic=CAMERA_INFO_TOPIC,
-        progress=False,
-        **overrides,
-    )
-    return run_replay(config, engine)
+    settings = {
+        "in_bag": in_bag,
+        "out_bag": out,
+        "image_topic": IMAGE_TOPIC,
+        "questions": ("Where is the cube?",),
+        "choices": ("left", "right"),
+        "depth_topic": DEPTH_TOPIC,
+        "camera_info_topic": CAMERA_INFO_TOPIC,
+        "progress": False,
+    }
+    return run_replay(ReplayConfig(**{**settings, **overrides}), engine)
 
 
 def read_bag(path: Path) -> dict[str, list]:
@@ -147,7 +146,7 @@ def test_every_and_max_frames(engine, tmp_path):
 def test_missing_topic_lists_the_topics(engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=1)
     config = ReplayConfig(
-        in_bag=bag, out_bag=tmp_path / "out", image_topic="/nope", question="q?", progress=False
+        in_bag=bag, out_bag=tmp_path / "out", image_topic="/nope", questions=("q?",), progress=False
     )
     with pytest.raises(
         ReplayError, match="/nope is not in .*/camera/image_raw .sensor_msgs/msg/Image"
@@ -202,7 +201,7 @@ def test_unsupported_encoding_is_skipped_and_counted(engine, tmp_path):
             in_bag=bag,
             out_bag=tmp_path / "out",
             image_topic=IMAGE_TOPIC,
-            question="q?",
+            questions=("q?",),
             progress=False,
         ),
         engine,
@@ -220,7 +219,7 @@ def test_compressed_images(engine, tmp_path):
             in_bag=bag,
             out_bag=tmp_path / "out",
             image_topic=IMAGE_TOPIC,
-            question="q?",
+            questions=("q?",),
             progress=False,
         ),
         engine,
@@ -318,3 +317,25 @@ def test_cli_replay_and_sample_bag(fitted_model_dir, tmp_path):
     )
     assert missing.returncode == 2 and "/camera/image_raw" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_several_questions_share_the_frame(engine, tmp_path):
+    """Two questions per frame go through answer_many: one answer and graph per question."""
+    bag = write_sample_bag(tmp_path / "in", frames=2)
+    s = replay(
+        engine,
+        bag,
+        tmp_path / "out",
+        questions=("Where is the cube?", "Which is bigger?"),
+        jsonl=tmp_path / "r.jsonl",
+    )
+    assert s.frames_answered == 2
+    out = read_bag(tmp_path / "out")
+    answers = [m for _, m in out["/spatialthinker/answer"]]
+    assert [a.question for a in answers] == ["Where is the cube?", "Which is bigger?"] * 2
+    assert all(a.option == "A" for a in answers)
+    assert len(out["/spatialthinker/scene_graph"]) == 4
+    assert len(out["/spatialthinker/debug_image"]) == 2  # one per frame
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in records] == ["Where is the cube?", "Which is bigger?"] * 2
+    assert records[0]["scene_graph"]["objects"][0]["position"][2] == pytest.approx(1.5)
