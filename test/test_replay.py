@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,48 @@ def test_several_questions_share_the_frame(engine, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["question"] for r in records] == ["Where is the cube?", "Which is bigger?"] * 2
     assert records[0]["scene_graph"]["objects"][0]["position"][2] == pytest.approx(1.5)
+
+
+def test_ctrl_c_closes_the_output_bag(fitted_model_dir, tmp_path):
+    """SIGINT mid-replay: exit 130, summary printed, and the output bag is closed and readable."""
+    import signal
+
+    bag = write_sample_bag(tmp_path / "in", frames=40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    jsonl = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spatialthinker_ros.cli",
+            "replay",
+            str(bag),
+            "--image-topic",
+            IMAGE_TOPIC,
+            "--question",
+            "Where?",
+            "--out",
+            str(tmp_path / "out"),
+            "--jsonl",
+            str(jsonl),
+            "--model",
+            str(fitted_model_dir),
+            "--max-pixels",
+            str(FITTED_MAX_PIXELS),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jsonl.exists() and jsonl.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted (output bag closed cleanly)" in stdout
+    answered = len(read_bag(tmp_path / "out")["/spatialthinker/answer"])
+    assert 2 <= answered < 40
