@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Stats, machine_line, noise_rgb, print_table
+from _common import Stats, card_snippet, machine_line, noise_rgb, print_table
 
 SCENE_TOKENS = 150  # tokens of a typical output up to `</scene>` (README example: ~120-170)
 
@@ -166,30 +166,6 @@ class Clock:
         if self.cuda:
             peak = self.torch.cuda.max_memory_allocated()
             into[key] = f"{peak / 2**30:.2f} / {(peak - start) / 2**30:.2f}"
-
-
-def card_snippet(model, processor, image, question: str, n: int) -> list[int]:
-    """The model card's usage code, with min_new_tokens = max_new_tokens for a fixed length."""
-    from spatialthinker_ros.core.prompt import INSTRUCTION
-
-    width, height = image.size
-    template = f"""{INSTRUCTION}
-
-Image size: {width} x {height}"""
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": image},
-                {"type": "text", "text": template + "\n\n" + question},
-            ],
-        }
-    ]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
-    generated_ids = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n)
-    processor.batch_decode(generated_ids, skip_special_tokens=True)[0]
-    return generated_ids[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Stats, machine_line, noise_rgb, print_table
+from _common import Stats, card_snippet, machine_line, noise_rgb, print_table
 
 QUESTIONS = [
     ("Where is the cube relative to the ball?", ("left", "right", "above", "below")),
@@ -31,33 +31,6 @@ QUESTIONS = [
     ("Which is bigger, the box or the bin?", ("the box", "the bin")),
     ("Where is the door?", ("left", "right", "ahead")),
 ]
-
-
-def card_snippet(model, processor, image, question: str, max_new_tokens: int) -> list[int]:
-    """The model card's usage code (README 'Usage'), with min_new_tokens added so the output
-    length is fixed. Returns the generated ids (without the prompt) for the token check."""
-    width, height = image.size
-    from spatialthinker_ros.core.prompt import INSTRUCTION
-
-    template = f"""{INSTRUCTION}
-
-Image size: {width} x {height}"""
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": image},
-                {"type": "text", "text": template + "\n\n" + question},
-            ],
-        }
-    ]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
-    generated_ids = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens
-    )
-    processor.batch_decode(generated_ids, skip_special_tokens=True)[0]
-    return generated_ids[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def build_model(out: Path, args) -> Path:
