@@ -1,9 +1,9 @@
 """`spatialthinker-ros replay`: the perception pipeline over a rosbag2 (MCAP or sqlite3), no ROS.
 
 Reads camera images (Image or CompressedImage, plus optional aligned depth and CameraInfo matched
-by stamp), answers one or more questions on each selected frame, and writes an output bag with the images
-used, SceneGraph and SpatialAnswer messages, annotated images and markers, each stamped with the
-source image's header; optionally a JSONL of results and the annotated frames as PNG.
+by stamp), answers one or more questions on each selected frame, and writes an output bag with
+the images used, SceneGraph and SpatialAnswer messages, annotated images and markers, each
+stamped with the source image's header; optionally a JSONL of results and the annotated frames.
 """
 
 from __future__ import annotations

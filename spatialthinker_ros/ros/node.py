@@ -52,6 +52,7 @@ from rclpy.executors import (
     MultiThreadedExecutor,
     SingleThreadedExecutor,
 )
+from rclpy.expand_topic_name import expand_topic_name
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -61,7 +62,13 @@ from visualization_msgs.msg import MarkerArray
 
 from ..action import AskSpatial as AskSpatialAction
 from ..core.engine import EngineConfig, Result, SpatialThinkerEngine
-from ..core.geometry import CameraIntrinsics, fit_to_pixel_budget, lift_box_to_3d, map_box
+from ..core.geometry import (
+    CameraIntrinsics,
+    fit_to_pixel_budget,
+    lift_box_to_3d,
+    map_box,
+    map_scene_graph,
+)
 from ..core.images import ImageConversionError
 from ..core.parsing import parse_output, scene_closed
 from ..core.scene import SceneGraph
@@ -294,7 +301,8 @@ class CameraIntake:
         except ExternalShutdownException:
             pass
         except Exception as exc:  # noqa: BLE001 - callbacks are guarded; this is rclpy itself
-            self._logger.error(f"camera intake stopped: {type(exc).__name__}: {exc}")
+            if self.node.context.ok():  # not just the process shutting down
+                self._logger.error(f"camera intake stopped: {type(exc).__name__}: {exc}")
 
     def subscribe(self, msg_type, topic: str, callback, qos: QoSProfile):
         def guarded(msg) -> None:
@@ -487,7 +495,10 @@ class SpatialThinkerNode(LifecycleNode):
 
     def _resolve(self, topic: str) -> str:
         """The topic name after this node's namespace and remapping rules."""
-        return self.resolve_topic_name(topic)
+        resolve = getattr(self, "resolve_topic_name", None)
+        if resolve is not None:  # rclpy >= 2 (Humble on)
+            return resolve(topic)
+        return expand_topic_name(topic, self.get_name(), self.get_namespace())
 
     def _stop_serving(self) -> None:
         """Deactivate: no new work, queued and running requests canceled, callers answered."""
@@ -863,8 +874,6 @@ class SpatialThinkerNode(LifecycleNode):
     def map_graph(graph: SceneGraph, model_size: tuple[int, int],
                   source_size: tuple[int, int]) -> SceneGraph:
         """A graph parsed in the model's frame, boxes mapped to source pixels."""
-        from ..core.geometry import map_scene_graph
-
         return map_scene_graph(graph, model_size, source_size)
 
     # ------------------------------------------------------------------ outputs
@@ -901,7 +910,7 @@ class SpatialThinkerNode(LifecycleNode):
         """Count an answer and publish it on `answer`."""
         self._record(answer)
         pub = self._pubs.get("answer")
-        if pub is not None:
+        if pub is not None and self.context.ok():  # not while the process shuts down
             try:
                 pub.publish(answer)
             except Exception as exc:  # noqa: BLE001 - e.g. publisher destroyed by cleanup
@@ -1056,6 +1065,8 @@ def main(args: list[str] | None = None) -> None:
             except (KeyboardInterrupt, ExternalShutdownException):
                 break
             except Exception as exc:  # noqa: BLE001 - one failed callback must not end the node
+                if not rclpy.ok():
+                    break  # shutting down (SIGINT/SIGTERM)
                 node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
