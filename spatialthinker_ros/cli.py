@@ -42,21 +42,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        attn_implementation=args.attn_implementation,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        max_new_tokens=args.max_new_tokens,
-        prompt_style=PromptStyle(args.prompt_style),
-        base_url=args.base_url,
-        api_model=args.api_model,
-        api_key_env=args.api_key_env,
-        timeout_s=args.timeout_s,
-    )
+    return EngineConfig.from_options(vars(args))
 
 
 def format_result(result: Result) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -71,6 +71,17 @@ class EngineConfig:
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
     retries: int = 2
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> EngineConfig:
+        """The config from any mapping holding some of its field names (CLI arguments, node
+        parameters); other keys are ignored, missing fields keep their defaults."""
+        values = {f.name: options[f.name] for f in fields(cls) if f.name in options}
+        if "prompt_style" in values:
+            values["prompt_style"] = PromptStyle(values["prompt_style"])
+        if "model" in values:
+            values["model"] = str(values["model"]).strip()
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise ModelLoadError naming the first bad option."""

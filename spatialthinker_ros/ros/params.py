@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -220,21 +220,7 @@ class NodeSettings:
         return cls(**{f.name: merged[f.name] for f in fields(cls)})
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            model=self.model.strip(),
-            backend=self.backend,
-            base_url=self.base_url,
-            api_model=self.api_model,
-            api_key_env=self.api_key_env,
-            device=self.device,
-            dtype=self.dtype,
-            attn_implementation=self.attn_implementation,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-            max_new_tokens=self.max_new_tokens,
-            prompt_style=PromptStyle(self.prompt_style),
-            timeout_s=self.timeout_s,
-        )
+        return EngineConfig.from_options(asdict(self))
 
 
 def default_values() -> dict[str, Any]:
