@@ -420,6 +420,52 @@ def test_clean_json_needs_no_repair_and_fences_are_ignored():
     assert scene_of(f"```json\n{MUG_SCENE}\n```") == (MUG_GRAPH, "")
 
 
+def test_an_id_of_backticks_is_not_a_fence():
+    # Regression (fuzz): fence stripping once removed every ``` and so this object.
+    scene = (
+        '{"objects": [{"id": "```", "bbox": [1, 2, 3, 4]}, {"id": "b.1", "bbox": [5, 6, 7, 8]}]}'
+    )
+    for fenced in (scene, f"```json\n{scene}\n```"):
+        graph, message = scene_of(fenced)
+        assert [o.id for o in graph.objects] == ["```", "b.1"]
+        assert message == ""
+
+
+@pytest.mark.parametrize("tag", ["<ANSWER>", "</scene>", "<scene>", "<think>", "x</answer>"])
+def test_tags_inside_scene_json_strings_are_text(tag):
+    # Regression (fuzz): a bbox of "<ANSWER>" used to end the scene there and lose the object.
+    scene = (
+        f'{{"objects": [{{"id": "cup.1", "bbox": "{tag}"}}, '
+        f'{{"id": "{tag}", "bbox": [1, 2, 3, 4]}}], "relationships": '
+        f'[{{"subject": "cup.1", "predicate": "{tag}", "object": "{tag}"}}]}}'
+    )
+    r = parse_output(output(scene=scene), MUG_CHOICES)
+    assert r.scene_graph.objects == (
+        SceneObject("cup.1", "cup", None),
+        SceneObject(tag, tag, Box(1.0, 2.0, 3.0, 4.0)),
+    )
+    assert r.scene_graph.relations == (Relation("cup.1", tag, tag),)
+    assert r.answer == SpatialAnswer(option="B", text="behind", matched_choice="behind")
+    assert r.observation and r.thought
+    assert r.message == "box with 1 values for 'cup.1' (dropped the box)"
+    assert parse_scene_graph(output(scene=scene)) == r.scene_graph
+
+
+def test_an_unbalanced_quote_in_the_scene_does_not_hide_later_tags():
+    # No `</scene>` outside a JSON string: every tag counts again (here the quote opened at
+    # `"cup.1` would otherwise run over `</scene>` up to the quote in the thought).
+    text = (
+        '<observe>a cup</observe><scene>{"objects": [{"id": "cup.1, "bbox": [1, 2, 3, 4]}]}'
+        '</scene><think>the "cup"</think><answer>(B) behind</answer>'
+    )
+    r = parse_output(text, MUG_CHOICES)
+    assert r.thought == 'the "cup"'
+    assert r.observation == "a cup"
+    assert r.answer == SpatialAnswer(option="B", text="behind", matched_choice="behind")
+    assert r.status is ParseStatus.PARTIAL
+    assert "repaired scene JSON" in r.message
+
+
 def test_text_after_the_json_is_noted():
     assert scene_of(MUG_SCENE + " That is all.") == (MUG_GRAPH, "ignored text after scene JSON")
 

@@ -10,6 +10,9 @@ machine, whole module about 20 s; hypothesis runs exactly `max_examples` for the
 - test_unicode_sections: 1,500 outputs with arbitrary unicode in every section
 - test_long_outputs: 40 outputs of about 100 kB
 Total 11,770; `test_case_count` fails if a change drops it under 10,000.
+
+Deterministic for CI (`derandomize`, no example database): every run tries the same cases.
+To explore new ones, set HYPOTHESIS_PROFILE=explore (test/conftest.py): random draws each run.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ from spatialthinker_ros.core.parsing import (
 )
 from spatialthinker_ros.core.scene import ParseStatus, Reasoning, SceneGraph
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT
+
+# derandomize and the example database come from the conftest profile.
+FUZZ = settings(deadline=None)
+
 
 CASES: Counter[str] = Counter()
 STAGES = ("observing", "scene_graph_ready", "thinking", "answered")
@@ -146,7 +153,7 @@ def test_truncation_at_every_position():
         assert (previous_stage == STAGES.index("answered")) == ("</answer>" in text)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(FUZZ, max_examples=3000)
 @given(
     parts=st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=20)), max_size=40),
     choices=CHOICES,
@@ -217,7 +224,7 @@ def mutate(text: str, mutations) -> str:
     return text
 
 
-@settings(max_examples=2500, deadline=None)
+@settings(FUZZ, max_examples=2500)
 @given(scene=SCENES, mutations=MUTATIONS, single_quotes=st.booleans(), choices=CHOICES)
 def test_broken_scene_json(scene, mutations, single_quotes, choices):
     scene_json = json.dumps(scene, allow_nan=True)
@@ -230,14 +237,15 @@ def test_broken_scene_json(scene, mutations, single_quotes, choices):
         assert r.answer.option == "B" and r.answer.matched_choice == "behind"
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(FUZZ, max_examples=2000)
 @given(bbox=BOX_VALUES)
-@example(bbox="<ANSWER>")  # a tag inside the JSON: ambiguous, must only not raise
+@example(bbox="<ANSWER>")  # regression: a tag inside a JSON string once ended the scene
+@example(bbox=["</scene>", 1, "<think>", 2])
 def test_box_values(bbox):
     scene_json = json.dumps({"objects": [{"id": "cup.1", "bbox": bbox}]}, allow_nan=True)
     r = check("boxes", output(scene=scene_json), MUG_CHOICES)
-    if "<" in str(bbox):  # text that looks like a tag splits the sections: no oracle beyond check
-        return
+    # Tag-like text inside JSON strings is text: the rest of the output parses as usual.
+    assert r.answer.option == "B" and r.answer.matched_choice == "behind"
     (obj,) = r.scene_graph.objects
     assert obj.id == "cup.1" and obj.label == "cup"
     numbers_ok = (
@@ -257,9 +265,10 @@ def test_box_values(bbox):
 UNICODE = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(FUZZ, max_examples=1500)
 @given(observe=UNICODE, object_id=UNICODE, predicate=UNICODE, think=UNICODE, tail=UNICODE)
-@example(observe="", object_id="```", predicate="", think="", tail="")  # fence-like id kept
+@example(observe="", object_id="```", predicate="", think="", tail="")  # regression: fence-like id
+@example(observe="", object_id="</scene>", predicate="<answer>", think="", tail="")
 def test_unicode_sections(observe, object_id, predicate, think, tail):
     scene_json = json.dumps(
         {
@@ -276,23 +285,26 @@ def test_unicode_sections(observe, object_id, predicate, think, tail):
         f"<answer>(B) {tail}</answer>"
     )
     r = check("unicode", text, MUG_CHOICES)
-    tagged = any(
-        t in s.lower()
-        for s in (observe, object_id, predicate, think, tail)
-        for t in ("<", "answer")
-    )
+    # The scene JSON survives anything in its strings (tags, fences, quotes); only a tag in the
+    # prose before it (`<observe><scene>...`) can change which span is the scene.
+    object_id, predicate = object_id.strip(), predicate.strip()
+    ids = [o.id for o in r.scene_graph.objects]
+    relations = [(x.subject, x.predicate, x.object) for x in r.scene_graph.relations]
+    if "<" not in observe and object_id and object_id != "b.1":
+        assert ids == [object_id, "b.1"]
+        assert relations == ([(object_id, predicate, "b.1")] if predicate else [])
+    elif "<" not in observe:
+        assert ids == ["b.1"]
+    # Tags or `Answer:` in the prose sections change how the prose splits: no oracle there.
+    tagged = any(t in s.lower() for s in (observe, think, tail) for t in ("<", "answer"))
     if not tagged:
         assert r.answer.option == "B" and r.answer.matched_choice == "behind"
         assert r.observation == observe.strip() and r.thought == think.strip()
-        ids = [o.id for o in r.scene_graph.objects]
-        assert "b.1" in ids
-        if object_id.strip() and object_id.strip() != "b.1":
-            assert ids == [object_id.strip(), "b.1"]
 
 
 @settings(
+    FUZZ,
     max_examples=40,
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["soup", "objects", "think", "answer"]))

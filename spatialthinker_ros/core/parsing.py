@@ -6,6 +6,7 @@ JSON carries trailing commas, single quotes or comments, boxes arrive as strings
 Everything recoverable is recovered and noted in `Reasoning.message`; `Reasoning.status` says
 whether the answer is usable (OK / PARTIAL) or not (PARSE_ERROR).
 
+Tag-like text inside a JSON string of a closed <scene> is text, not a tag (see `_tags`).
 Boxes stay in the model's frame (the size stated in the prompt); the engine maps them to source
 pixels. Streaming helpers (`scene_closed`, `parse_scene_graph`, `answer_closed`, `stream_stage`)
 work on the text generated so far.
@@ -50,6 +51,8 @@ MAX_NOTES = 12
 # `(?:(/)\s*)?` rather than `(/?)\s*`: two adjacent `\s*` backtrack quadratically on long blanks.
 _TAG_RE = re.compile(r"<\s*(?:(/)\s*)?(observe|scene|think|answer)\s*>", re.IGNORECASE)
 _SCENE_CLOSE_RE = re.compile(r"<\s*/\s*scene\s*>", re.IGNORECASE)
+# Inside <scene>: a one-line JSON string, or a known tag (same groups as `_TAG_RE`).
+_SCENE_SCAN_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|' + _TAG_RE.pattern, re.IGNORECASE)
 _ANSWER_CLOSE_RE = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _OPEN_RE = {name: re.compile(rf"<\s*{name}\s*>", re.IGNORECASE) for name in ("think", "answer")}
 _ANSWER_PREFIX_RE = re.compile(r"\banswer\s*:", re.IGNORECASE)
@@ -107,13 +110,39 @@ class _Section:
     closed: bool  # the matching closing tag was present
 
 
+def _scene_end_outside_strings(text: str, start: int) -> int | None:
+    """Start of the `</scene>` closing the scene opened at `start`, skipping tags inside JSON
+    strings; None when the first tag outside strings is anything else, or there is none."""
+    for match in _SCENE_SCAN_RE.finditer(text, start):
+        if match.group(2) is not None:  # a tag, not a string
+            closes_scene = bool(match.group(1)) and match.group(2).lower() == "scene"
+            return match.start() if closes_scene else None
+    return None
+
+
+def _tags(text: str) -> list[tuple[int, int, str, bool]]:
+    """Known tags as (start, end, name, closing). Tag-like text inside a JSON string in <scene>
+    (e.g. `"bbox": "<answer>"`) is not a tag when `</scene>` follows outside any string; when
+    it does not (an unbalanced quote, truncation), every tag counts, so a stray quote cannot
+    swallow the rest of the output."""
+    tags: list[tuple[int, int, str, bool]] = []
+    skip_until = -1
+    for m in _TAG_RE.finditer(text):
+        if m.start() < skip_until:
+            continue
+        name, closing = m.group(2).lower(), bool(m.group(1))
+        tags.append((m.start(), m.end(), name, closing))
+        if name == "scene" and not closing:
+            scene_end = _scene_end_outside_strings(text, m.end())
+            skip_until = -1 if scene_end is None else scene_end
+    return tags
+
+
 def _split_sections(text: str) -> dict[str, list[_Section]]:
     """Every tagged span, in order. An open tag's text runs to the next known tag (or the end);
     a closing tag without its opening takes the text since the previous known tag."""
     sections: dict[str, list[_Section]] = {name: [] for name in SECTIONS}
-    tags = [
-        (m.start(), m.end(), m.group(2).lower(), bool(m.group(1))) for m in _TAG_RE.finditer(text)
-    ]
+    tags = _tags(text)
     consumed_close = -1
     for i, (start, end, name, closing) in enumerate(tags):
         nxt = tags[i + 1] if i + 1 < len(tags) else None
@@ -474,7 +503,8 @@ def _prose(name: str, found: list[_Section], notes: _Notes) -> str:
 
 
 def scene_closed(text: str) -> bool:
-    """True once `</scene>` has been generated (the scene graph can be published)."""
+    """True once `</scene>` has been generated (the scene graph can be published). A plain
+    search, so it never turns False again as text streams in (even for a `"</scene>"` string)."""
     return _SCENE_CLOSE_RE.search(text) is not None
 
 
