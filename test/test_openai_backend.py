@@ -1,59 +1,111 @@
-"""The remote backend against real servers on loopback: `transformers serve` with the fitted tiny
-model, and small stdlib HTTP servers for the failure modes."""
+"""The remote backend against real servers on loopback: `transformers serve` of the fitted tiny
+model (same parsed results as in process), and a scripted HTTP server (test/servers) for what
+goes over the wire and for every failure mode. Every test is bounded by pytest-timeout."""
 
 from __future__ import annotations
 
-import http.server
+import base64
+import io
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from servers.scripted_openai import Mode, ScriptedOpenAIServer
 
-from spatialthinker_ros.core.engine import EngineConfig, EngineError, SpatialThinkerEngine
+from spatialthinker_ros.core.engine import (
+    EngineConfig,
+    EngineError,
+    GenerationStopped,
+    ModelLoadError,
+    SpatialThinkerEngine,
+)
 from spatialthinker_ros.core.openai_backend import BackendTimeout, BackendUnavailable
 from spatialthinker_ros.testing.ports import free_port
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = [("Where is the cube?", ["left", "right"]), "Is the ball near the cube?"]
+
+pytestmark = pytest.mark.timeout(120)
 
 
-def image(w: int = 641, h: int = 479) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+def image(w: int = 641, h: int = 479, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+_opened: list[SpatialThinkerEngine] = []
 
 
 def remote_engine(base_url: str, model: str = "tiny", **kw) -> SpatialThinkerEngine:
+    kw.setdefault("max_pixels", FITTED_MAX_PIXELS)
     engine = SpatialThinkerEngine(
-        EngineConfig(
-            model=model, backend="openai", base_url=base_url, max_pixels=FITTED_MAX_PIXELS, **kw
-        )
+        EngineConfig(model=model, backend="openai", base_url=base_url, **kw)
     )
     engine.load()
+    _opened.append(engine)
     return engine
 
 
-def test_remote_and_local_backends_give_the_same_parsed_result(served_model):
+@pytest.fixture(autouse=True)
+def _unload_remote_engines():
+    """Each loaded remote engine owns a loop thread and connections: released after each test."""
+    yield
+    while _opened:
+        _opened.pop().unload()
+
+
+@pytest.fixture
+def scripted():
+    server = ScriptedOpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def engines(served_model):
+    """The in-process engine and a remote engine on `transformers serve`, same fitted model."""
     base_url, model_dir = served_model
     local = SpatialThinkerEngine(
         EngineConfig(model=model_dir, device="cpu", max_pixels=FITTED_MAX_PIXELS)
     )
     local.load()
-    remote = remote_engine(base_url, model_dir, timeout_s=120)
+    remote = remote_engine(base_url, model_dir, timeout_s=60, batch_questions=True)
+    yield local, remote
+    local.unload()
+
+
+# --------------------------------------------------------------- transformers serve (real model)
+
+
+def test_remote_and_local_backends_give_the_same_parsed_result(engines):
+    local, remote = engines
     chunks: list[str] = []
     a = local.answer(image(), "Where is the cube?", ["left", "right"])
     b = remote.answer(image(), "Where is the cube?", ["left", "right"], on_text=chunks.append)
     assert b.raw == a.raw == EXAMPLE_OUTPUT
     assert b.reasoning == a.reasoning  # same boxes in 641x479 pixels, answer, relations
-    assert b.model_size == (644, 476) and b.generated_tokens > 0
+    assert (b.source_size, b.model_size) == ((641, 479), (644, 476))
+    assert b.prompt_tokens == a.prompt_tokens  # the server counted the same prompt
+    assert b.generated_tokens == a.generated_tokens
     # Streaming: the text arrives in pieces, the scene graph closes before the answer opens.
     joined = "".join(chunks)
     assert joined == b.raw and len(chunks) > 10
     assert joined.index("</scene>") < joined.index("<answer>")
+
+
+def test_answer_many_sends_the_questions_at_once_with_the_same_results(engines):
+    local, remote = engines
+    expected = local.answer_many(image(), QUESTIONS)
+    got = remote.answer_many(image(), QUESTIONS)  # batch_questions: concurrent requests
+    assert [r.reasoning for r in got] == [r.reasoning for r in expected]
+    assert [r.question for r in got] == ["Where is the cube?", "Is the ball near the cube?"]
+    assert got[0].reasoning.answer.matched_choice == "left"
 
 
 def test_cli_ask_through_the_server(served_model, tmp_path):
@@ -78,103 +130,206 @@ def test_cli_ask_through_the_server(served_model, tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=100,
         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stderr
     assert '"option": "A"' in out.stdout and '"cube.1"' in out.stdout
 
 
-class _FaultHandler(http.server.BaseHTTPRequestHandler):
-    mode = "ok"
-    seen_auth: list[str] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).seen_auth.append(self.headers.get("Authorization", ""))
-        if self.mode == "slow":
-            time.sleep(5)
-            return
-        if self.mode in ("500", "404"):
-            body = b'{"error": {"message": "model exploded"}}'
-            self.send_response(int(self.mode))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        if self.mode == "malformed":
-            self.wfile.write(
-                b'data: {"choices": [{"delta": {"content": "<obs\n\ndata: {not json\n\n'
-            )
-        else:
-            chunk = b'{"id":"1","object":"chat.completion.chunk","created":0,"model":"m",'
-            self.wfile.write(
-                b"data: "
-                + chunk
-                + b'"choices":[{"index":0,"delta":{"content":"<answer> B </answer>"}}]}\n\n'
-            )
-            self.wfile.write(b"data: [DONE]\n\n")
+# --------------------------------------------------------------- the request on the wire
 
 
-@pytest.fixture
-def fault_server():
-    handler = type("Handler", (_FaultHandler,), {"seen_auth": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def test_request_carries_the_prepared_image_prompt_and_greedy_settings(scripted, monkeypatch):
+    monkeypatch.delenv("MY_ROBOT_KEY", raising=False)
+    engine = remote_engine(
+        scripted.base_url,
+        "OX-PIXL/SpatialThinker-3B",
+        api_key_env="MY_ROBOT_KEY",
+        max_new_tokens=321,
+    )
+    monkeypatch.setenv("MY_ROBOT_KEY", "sk-secret-123")  # read per request, not at load
+    source = image(1000, 700)
+    result = engine.answer(source, "Where is the cube?", ["left", "right"])
 
-
-def test_connection_refused_names_the_url(monkeypatch):
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    engine = remote_engine(url, retries=2)
-    t0 = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=f"cannot reach {url}"):
-        engine.answer(image(56, 56), "q?")
-    assert time.monotonic() - t0 < 10  # bounded retries with backoff
-
-
-def test_slow_server_times_out(fault_server):
-    handler, url = fault_server
-    handler.mode = "slow"
-    with pytest.raises(BackendTimeout, match="did not answer within 1 s"):
-        remote_engine(url, timeout_s=1.0, retries=0).answer(image(56, 56), "q?")
-
-
-@pytest.mark.parametrize("status", ["500", "404"])
-def test_http_errors_carry_status_and_body(fault_server, status):
-    handler, url = fault_server
-    handler.mode = status
-    with pytest.raises(EngineError, match=f"HTTP {status}.*model exploded"):
-        remote_engine(url).answer(image(56, 56), "q?")
-
-
-def test_malformed_stream_is_an_engine_error(fault_server):
-    handler, url = fault_server
-    handler.mode = "malformed"
-    with pytest.raises(EngineError):
-        remote_engine(url).answer(image(56, 56), "q?")
-
-
-def test_api_key_comes_from_the_environment_and_is_never_described(fault_server, monkeypatch):
-    handler, url = fault_server
-    monkeypatch.setenv("MY_ROBOT_KEY", "sk-secret-123")
-    engine = remote_engine(url, api_key_env="MY_ROBOT_KEY")
-    result = engine.answer(image(56, 56), "q?", ["a", "b"])
-    assert result.reasoning.answer.option == "B"
-    assert handler.seen_auth == ["Bearer sk-secret-123"]
+    (request,) = scripted.requests
+    body = request.body
+    assert body["model"] == "OX-PIXL/SpatialThinker-3B"
+    assert body["temperature"] == 0 and body["max_tokens"] == 321
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert request.headers["authorization"] == "Bearer sk-secret-123"
+    (message,) = body["messages"]
+    image_part, text_part = message["content"]  # image first, then the prompt
+    prepared = engine.prepare_image(source)
+    assert text_part == {"type": "text", "text": engine.prompt_for(prepared, *QUESTIONS[0])}
+    header, data = image_part["image_url"]["url"].split(",", 1)
+    assert header == "data:image/png;base64"
+    sent = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert sent.size == result.model_size == prepared.model_size != source.size
+    assert np.array_equal(np.asarray(sent.convert("RGB")), np.asarray(prepared.image))
+    # The stated size is the size sent, and the answer is parsed and matched as in process.
+    assert f"Image size: {sent.size[0]} x {sent.size[1]}" in text_part["text"]
+    assert result.reasoning.answer.matched_choice == "right"
     assert "sk-secret-123" not in repr(engine.describe()) + repr(engine.config)
 
 
+def test_token_counts_come_from_the_usage_chunk_else_from_the_chunks(scripted):
+    scripted.script.usage = (390, 7)
+    counted = remote_engine(scripted.base_url).answer(image(56, 56), "q?")
+    assert (counted.prompt_tokens, counted.generated_tokens) == (390, 7)
+    scripted.script.usage = None
+    fallback = remote_engine(scripted.base_url).answer(image(56, 56), "q?")
+    assert (fallback.prompt_tokens, fallback.generated_tokens) == (0, 2)  # two content chunks
+
+
+def test_reasoning_content_goes_back_between_think_tags(scripted):
+    # vLLM --reasoning-parser and transformers serve strip <think> into its own delta field.
+    scripted.script.chunks = [
+        "<scene>{}</scene>\n",
+        {"reasoning_content": "A is "},
+        {"reasoning_content": "left"},
+        "<answer> (A) left </answer>",
+    ]
+    result = remote_engine(scripted.base_url).answer(image(56, 56), "q?", ["left", "right"])
+    assert result.raw == "<scene>{}</scene>\n<think>A is left</think><answer> (A) left </answer>"
+    assert result.reasoning.thought == "A is left"
+
+
+# --------------------------------------------------------------- failures
+
+
+def test_connection_refused_names_the_url_and_reason():
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    engine = remote_engine(url, retries=1)
+    with pytest.raises(BackendUnavailable, match=f"cannot reach {url}: .*[Cc]onnect"):
+        engine.answer(image(56, 56), "q?")
+
+
+def test_dropped_connections_are_retried_then_reported(scripted):
+    scripted.script.mode = Mode.DROP
+    with pytest.raises(BackendUnavailable, match="cannot reach"):
+        remote_engine(scripted.base_url, retries=2).answer(image(56, 56), "q?")
+    assert len(scripted.requests) == 3  # the first attempt and two retries
+
+
+def test_silent_server_times_out_and_the_request_is_closed(scripted):
+    scripted.script.mode = Mode.SILENT
+    with pytest.raises(BackendTimeout, match="did not answer within 1 s"):
+        remote_engine(scripted.base_url, timeout_s=1.0).answer(image(56, 56), "q?")
+    assert scripted.client_hung_up.wait(10)
+    assert len(scripted.requests) == 1  # timeouts are not retried
+
+
+def test_trickling_server_is_bounded_by_timeout_s_in_total(scripted):
+    # Each chunk comes well within timeout_s: only a deadline on the whole request stops this.
+    scripted.script.mode = Mode.TRICKLE
+    chunks: list[str] = []
+    with pytest.raises(BackendTimeout):
+        remote_engine(scripted.base_url, timeout_s=1.0).answer(
+            image(56, 56), "q?", on_text=chunks.append
+        )
+    assert len(chunks) > 3
+    assert scripted.client_hung_up.wait(10)
+
+
+def test_should_stop_while_the_server_is_silent_cancels_the_request(scripted):
+    scripted.script.mode = Mode.SILENT
+    polled = threading.Event()
+
+    def should_stop() -> bool:
+        polled.set()
+        return True
+
+    engine = remote_engine(scripted.base_url, timeout_s=60.0)
+    with pytest.raises(GenerationStopped):  # not BackendTimeout after 60 s
+        engine.answer(image(56, 56), "q?", should_stop=should_stop)
+    assert polled.is_set()
+    assert scripted.client_hung_up.wait(10)  # the server saw the connection close
+
+
+def test_should_stop_mid_stream_stops_after_the_text_so_far(scripted):
+    scripted.script.mode = Mode.TRICKLE
+    chunks: list[str] = []
+    engine = remote_engine(scripted.base_url, timeout_s=60.0)
+    with pytest.raises(GenerationStopped):
+        engine.answer(
+            image(56, 56), "q?", on_text=chunks.append, should_stop=lambda: len(chunks) >= 3
+        )
+    assert chunks == ["tok0 ", "tok1 ", "tok2 "]
+    assert scripted.client_hung_up.wait(10)
+
+
+@pytest.mark.parametrize("status", [500, 503, 404, 400])
+def test_http_errors_carry_status_and_body_and_are_not_retried(scripted, status):
+    scripted.script.mode = Mode.HTTP_ERROR
+    scripted.script.status = status
+    with pytest.raises(EngineError, match=f"HTTP {status}: .*model exploded") as info:
+        remote_engine(scripted.base_url, retries=2).answer(image(56, 56), "q?")
+    assert not isinstance(info.value, (BackendUnavailable, BackendTimeout))
+    assert len(scripted.requests) == 1
+
+
+def test_unauthorized_names_the_key_variable_when_it_is_unset(scripted, monkeypatch):
+    monkeypatch.delenv("FLEET_KEY", raising=False)
+    scripted.script.mode = Mode.HTTP_ERROR
+    scripted.script.status = 401
+    scripted.script.error_body = '{"error": "Unauthorized"}'
+    with pytest.raises(EngineError, match="HTTP 401: .*set the environment variable FLEET_KEY"):
+        remote_engine(scripted.base_url, api_key_env="FLEET_KEY").answer(image(56, 56), "q?")
+    assert scripted.requests[0].headers["authorization"] == "Bearer EMPTY"
+
+
+def test_malformed_stream_is_an_engine_error(scripted):
+    scripted.script.mode = Mode.MALFORMED
+    with pytest.raises(EngineError, match="bad response from .*JSONDecodeError"):
+        remote_engine(scripted.base_url).answer(image(56, 56), "q?")
+
+
+def test_error_event_in_the_stream_is_an_engine_error(scripted):
+    scripted.script.mode = Mode.ERROR_EVENT
+    with pytest.raises(EngineError, match="error mid-answer: CUDA out of memory"):
+        remote_engine(scripted.base_url).answer(image(56, 56), "q?")
+
+
+def test_stream_that_ends_before_the_answer_finished_is_an_error(scripted):
+    scripted.script.mode = Mode.CUT
+    with pytest.raises(EngineError, match="ended the stream before the answer finished"):
+        remote_engine(scripted.base_url).answer(image(56, 56), "q?")
+
+
+def test_answer_many_concurrent_reports_the_first_failure(scripted):
+    scripted.script.mode = Mode.HTTP_ERROR
+    engine = remote_engine(scripted.base_url, batch_questions=True)
+    with pytest.raises(EngineError, match="HTTP 500"):
+        engine.answer_many(image(56, 56), QUESTIONS)
+
+
+# --------------------------------------------------------------- configuration and lifecycle
+
+
 def test_bad_base_url_is_rejected():
-    with pytest.raises(EngineError, match="http"):
+    with pytest.raises(ModelLoadError, match="http"):
         SpatialThinkerEngine(EngineConfig(backend="openai", base_url="file:///etc/passwd"))
+
+
+def test_credentials_in_the_url_never_reach_diagnostics_or_errors():
+    url = f"http://robot:hunter2@127.0.0.1:{free_port()}/v1?api-key=hunter2"
+    engine = remote_engine(url, retries=0)
+    assert "hunter2" not in repr(engine.describe())
+    with pytest.raises(BackendUnavailable) as info:
+        engine.answer(image(56, 56), "q?")
+    assert "hunter2" not in str(info.value)
+
+
+def test_unload_stops_the_loop_thread_and_load_restarts_it(scripted):
+    before = {t.ident for t in threading.enumerate()}
+    engine = remote_engine(scripted.base_url)
+    assert engine.loaded and engine.answer(image(56, 56), "q?").reasoning.answer.option == "B"
+    engine.unload()
+    assert not engine.loaded
+    assert {t.ident for t in threading.enumerate() if t.name == "openai-backend"} <= before
+    with pytest.raises(EngineError, match="not loaded"):
+        engine.answer(image(56, 56), "q?")
+    engine.load()
+    assert engine.answer(image(56, 56), "q?").reasoning.answer.option == "B"
+    engine.unload()

@@ -1,0 +1,1 @@
+"""Test helper servers (real HTTP on loopback) for the remote backend's tests."""
