@@ -53,32 +53,23 @@ def _interfaces_on_path() -> str:
 
 
 def message_stages(result, graph, annotated, repeats: int) -> tuple[dict[str, Stats], str]:
-    """The node's output messages for one answer (ros.conversions + ros.markers, as
-    ros/node.py builds them), or no stages and why not."""
+    """The node's output messages for one answer (core.outputs through the node's rclpy
+    factory, as ros/answering.py builds them), or no stages and why not."""
     try:
-        from std_msgs.msg import Header
-
-        from spatialthinker_ros.ros import conversions, markers  # merges the generated interfaces
+        from spatialthinker_ros.core.outputs import AnswerOutputs, FrameHeader, Request
+        from spatialthinker_ros.ros.conversions import rclpy_message  # merges the interfaces
     except Exception as exc:  # noqa: BLE001 - any import failure means: skip, say why
         return {}, f"{type(exc).__name__}: {exc}"
-    header = Header(frame_id="camera")
-    header.stamp.sec = 1
+    header = FrameHeader(1, 0, "camera")
+    request = Request(QUESTION, CHOICES, "bench")
+    outputs = AnswerOutputs(rclpy_message, request, header)
 
-    def graph_and_markers():
-        msg = conversions.scene_graph_to_msg(graph, header, result.reasoning.observation)
-        markers.scene_graph_markers(msg)
+    def messages():  # a fresh AnswerOutputs each time: nothing cached between repeats
+        AnswerOutputs(rclpy_message, request, header).answer(result)
 
     return {
-        "messages (graph + answer + markers)": measure(
-            lambda: (
-                graph_and_markers(),
-                conversions.answer_to_msg(result, header, request_id="bench"),
-            ),
-            repeats,
-        ),
-        "debug image message": measure(
-            lambda: conversions.rgb_to_image_msg(annotated, header), repeats
-        ),
+        "messages (graph + answer + markers)": measure(messages, repeats),
+        "debug image message": measure(lambda: outputs.debug_image(annotated), repeats),
     }, ""
 
 

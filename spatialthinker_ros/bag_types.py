@@ -14,6 +14,8 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from .core.text import safe_fields
+
 PACKAGE = "spatialthinker_ros"
 MESSAGES = ("SceneObject", "SceneRelation", "SceneGraph", "SpatialAnswer")
 
@@ -52,6 +54,17 @@ def make_typestore() -> Typestore:
         types.update(get_types_from_msg(msg_definition(name), f"{PACKAGE}/msg/{name}"))
     store.register(types)
     return store
+
+
+class BagMessages:
+    """The `core.outputs.MessageFactory` of replay: rosbags messages of one typestore, every
+    field not given zero/empty, strings made safe."""
+
+    def __init__(self, store: Typestore) -> None:
+        self.store = store
+
+    def __call__(self, msgtype: str, **fields: Any):
+        return new_message(self.store, msgtype, **safe_fields(fields))
 
 
 _PRIMITIVE_DEFAULTS = {"string": "", "bool": False, "float32": 0.0, "float64": 0.0}

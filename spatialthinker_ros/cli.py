@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.engine import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_MODEL, EngineConfig, Result
-from .core.prompt import PromptStyle
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model options shared by `ask` and `replay`."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local model directory")
-    g.add_argument("--backend", choices=["transformers", "openai"], default="transformers")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    g.add_argument(
-        "--attn",
-        dest="attn_implementation",
-        default="auto",
-        choices=["auto", "sdpa", "eager", "flash_attention_2"],
-    )
-    g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS)
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    g.add_argument("--max-new-tokens", type=int, default=1024)
-    g.add_argument(
-        "--prompt-style",
-        default=PromptStyle.CARD.value,
-        choices=[s.value for s in PromptStyle],
-        help="card: the model card's prompt (default); paper_eval: the paper's evaluation prompt",
-    )
-    r = parser.add_argument_group("remote backend (--backend openai)")
-    r.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
-    r.add_argument("--api-model", default="", help="served model name (default: --model)")
-    r.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
-    r.add_argument("--timeout", dest="timeout_s", type=float, default=60.0, help="seconds")
-
-
-def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig.from_options(vars(args))
+from .arguments import add_engine_arguments, engine_config_from_args
+from .core.engine import SpatialThinkerEngine
+from .core.text import one_line
+from .core.types import EngineError, Result
+from .replay import add_replay_arguments, replay_main
+from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
 
 
 def format_result(result: Result) -> str:
@@ -80,32 +52,49 @@ def format_result(result: Result) -> str:
     return "\n".join(lines)
 
 
-def ask_main(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path`, or None (checked before the model loads)."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"the folder of {path} does not exist"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return None
 
-    from .core.engine import SpatialThinkerEngine
+
+def ask_main(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .core.images import FILE_FORMATS, ImageConversionError, decode_compressed
     from .core.serialize import result_to_dict
 
+    config = engine_config_from_args(args)
+    if args.annotate is not None:
+        problem = output_file_problem(args.annotate)
+        if problem is None and args.annotate.suffix.lower() not in Image.registered_extensions():
+            problem = f"{args.annotate}: unknown image file extension (use .png or .jpg)"
+        if problem is not None:
+            return _fail(f"--annotate: {problem}")
     try:
-        with Image.open(args.image) as im:
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        return _fail(f"cannot read image {args.image}: {exc}")
-    engine = SpatialThinkerEngine(engine_config_from_args(args))
+        rgb = decode_compressed(args.image.read_bytes(), config.max_image_pixels, FILE_FORMATS)
+    except (OSError, ImageConversionError) as exc:
+        return _fail(f"cannot read image {args.image}: {one_line(exc)}")
+    engine = SpatialThinkerEngine(config)
     engine.load()
     on_text = (lambda s: print(s, end="", file=sys.stderr, flush=True)) if args.stream else None
-    result = engine.answer(image, args.question, args.choices, on_text=on_text)
+    result = engine.answer(rgb, args.question, args.choices, on_text=on_text)
     if args.stream:
         print(file=sys.stderr)
     if args.annotate:
-        import numpy as np
-
         from .core.visualize import draw_scene_graph
 
-        annotated = draw_scene_graph(
-            np.asarray(image), result.reasoning.scene_graph, result.reasoning.answer
-        )
-        Image.fromarray(annotated).save(args.annotate)
+        annotated = draw_scene_graph(rgb, result.reasoning.scene_graph, result.reasoning.answer)
+        try:
+            Image.fromarray(annotated).save(args.annotate)
+        except (OSError, ValueError) as exc:
+            return _fail(f"--annotate: cannot write {args.annotate}: {one_line(exc)}")
     if args.json:
         print(json.dumps(result_to_dict(result), indent=2))
     else:
@@ -144,9 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(ask)
     ask.set_defaults(func=ask_main)
 
-    from .replay import add_replay_arguments, replay_main
-    from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
-
     replay = sub.add_parser("replay", help="run the pipeline over a rosbag2 (MCAP/sqlite3)")
     add_replay_arguments(replay)
     add_engine_arguments(replay)
@@ -175,13 +161,11 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .core.engine import EngineError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except EngineError as exc:
-        return _fail(str(exc))
+        return _fail(one_line(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -23,13 +23,15 @@ from mcap.stream_reader import StreamReader
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from .bag_types import make_typestore, new_message
+from .arguments import engine_config_from_args
+from .bag_types import BagMessages, make_typestore
+from .core.depth import AlignedDepth
 from .core.engine import EngineError, Result, SpatialThinkerEngine
-from .core.geometry import CameraIntrinsics, lift_box_to_3d
-from .core.images import ImageConversionError, decode_compressed, depth_to_meters, image_to_rgb
-from .core.scene import ParseStatus, SceneGraph, SceneObject
+from .core.images import ImageConversionError, decode_compressed, image_to_rgb
+from .core.outputs import AnswerOutputs, Request
 from .core.serialize import result_to_dict
-from .core.visualize import draw_scene_graph
+from .core.status import AnswerStatus
+from .core.text import one_line
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -37,8 +39,6 @@ CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 SCENE_GRAPH = "spatialthinker_ros/msg/SceneGraph"
 ANSWER = "spatialthinker_ros/msg/SpatialAnswer"
 MARKERS = "visualization_msgs/msg/MarkerArray"
-STATUS_OF_PARSE = {ParseStatus.OK: 0, ParseStatus.PARTIAL: 1, ParseStatus.PARSE_ERROR: 2}
-STATUS_INFERENCE_ERROR = 6
 
 
 class ReplayError(RuntimeError):
@@ -199,9 +199,11 @@ class _Replayer:
         self.config = config
         self.engine = engine
         self.store = make_typestore()
+        self.make = BagMessages(self.store)
         self.summary = ReplaySummary()
         self.depths: deque[_Frame] = deque(maxlen=64)
         self.camera_info = None
+        self.camera_info_raw: bytes | None = None
         self.pending: deque[_Frame] = deque()
         self.last_selected_stamp: int | None = None
         self.selected = 0
@@ -274,7 +276,7 @@ class _Replayer:
                 role = roles[topic]
                 msg = self.store.deserialize_cdr(raw, msgtype)
                 if role == "info":
-                    self.camera_info = msg
+                    self.camera_info, self.camera_info_raw = msg, raw
                 elif role == "depth":
                     self.depths.append(_Frame(bag_ns, _stamp_ns(msg.header), IMAGE, raw, msg))
                 else:
@@ -326,6 +328,8 @@ class _Replayer:
 
     # --- one frame ---------------------------------------------------------------------------
     def _answer(self, frame: _Frame) -> None:
+        """Answer the questions about one frame and write what the live node would publish
+        (built by core.outputs, the node's own code)."""
         c = self.config
         try:
             rgb = self._to_rgb(frame)
@@ -335,6 +339,10 @@ class _Replayer:
             return
         header = frame.msg.header
         self._write(c.image_topic, frame.msgtype, frame.bag_ns, raw=frame.raw)
+        requests = [
+            Request(q, c.choices, request_id=f"{self.summary.frames_answered}-{i}")
+            for i, q in enumerate(c.questions)
+        ]
         try:
             if len(c.questions) == 1:
                 results = [self.engine.answer(rgb, c.questions[0], c.choices or None)]
@@ -343,36 +351,42 @@ class _Replayer:
         except EngineError as exc:
             self.summary.inference_errors += 1
             self._warn(f"inference failed at {frame.stamp_ns / 1e9:.3f} s: {exc}")
-            for question in c.questions:
-                answer = self._answer_msg(header, question, None, STATUS_INFERENCE_ERROR, str(exc))
+            for request in requests:
+                answer = AnswerOutputs(self.make, request, header).status(
+                    AnswerStatus.INFERENCE_ERROR, one_line(exc)
+                )
                 self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
             return
-        depth = self._aligned_depth(frame, rgb.shape)
-        for index, result in enumerate(results):
-            graph = self._with_positions(result.reasoning.scene_graph, depth)
-            result = replace(result, reasoning=replace(result.reasoning, scene_graph=graph))
-            graph_msg = self._graph_msg(header, graph, result.reasoning.observation)
-            status = STATUS_OF_PARSE[result.reasoning.status]
-            answer = self._answer_msg(
-                header, result.question, result, status, result.reasoning.message, graph_msg
+        depth = self._aligned_depth(frame, rgb)
+        if self.camera_info_raw is not None:  # Foxglove's 3D panel needs the intrinsics
+            self._write(c.camera_info_topic, CAMERA_INFO, frame.bag_ns, raw=self.camera_info_raw)
+        for index, (request, result) in enumerate(zip(requests, results, strict=True)):
+            outputs = AnswerOutputs(
+                self.make, request, header, depth=depth, camera_info=self.camera_info
             )
-            self._write(f"{c.prefix}/scene_graph", SCENE_GRAPH, frame.bag_ns, graph_msg)
+            scene, answer = outputs.answer(result)
+            if depth is not None and depth.error:
+                self._warn(f"no 3D positions: {depth.error}")
+            self.summary.positions += sum(o.position is not None for o in scene.graph.objects)
+            self._write(f"{c.prefix}/scene_graph", SCENE_GRAPH, frame.bag_ns, scene.scene_graph)
+            self._write(f"{c.prefix}/markers", MARKERS, frame.bag_ns, scene.markers)
             self._write(f"{c.prefix}/answer", ANSWER, frame.bag_ns, answer)
             if self.jsonl is not None:
                 record = {"stamp": frame.stamp_ns / 1e9, "frame_id": header.frame_id}
-                record.update(result_to_dict(result))
+                record.update(result_to_dict(replace(
+                    result, reasoning=replace(result.reasoning, scene_graph=scene.graph)
+                )))
                 self.jsonl.write(json.dumps(record) + "\n")
                 self.jsonl.flush()
-            if index == 0:  # the debug image and markers show the first question's graph
-                self._write_visuals(frame, header, rgb, graph, result)
+            if index == 0:  # the debug image shows the first question's answer
+                self._write_debug_image(frame, outputs, rgb, scene, result)
         self.summary.frames_answered += 1
 
-    def _write_visuals(self, frame: _Frame, header, rgb: np.ndarray, graph, result: Result) -> None:
+    def _write_debug_image(self, frame: _Frame, outputs: AnswerOutputs, rgb: np.ndarray, scene,
+                           result: Result) -> None:
         c = self.config
-        annotated = draw_scene_graph(rgb, graph, result.reasoning.answer)
-        image = self._image_msg(header, annotated)
-        self._write(f"{c.prefix}/debug_image", IMAGE, frame.bag_ns, image)
-        self._write(f"{c.prefix}/markers", MARKERS, frame.bag_ns, self._markers(header, graph))
+        annotated = outputs.annotate(rgb, scene, result)
+        self._write(f"{c.prefix}/debug_image", IMAGE, frame.bag_ns, outputs.debug_image(annotated))
         if c.save_frames is not None:
             from PIL import Image
 
@@ -385,191 +399,15 @@ class _Replayer:
             return decode_compressed(bytes(m.data))
         return image_to_rgb(m.encoding, m.width, m.height, m.step, m.data, bool(m.is_bigendian))
 
-    def _aligned_depth(self, frame: _Frame, shape) -> tuple[np.ndarray, CameraIntrinsics] | None:
-        """Depth (metres) nearest in stamp within tolerance, and intrinsics; None without."""
+    def _aligned_depth(self, frame: _Frame, rgb: np.ndarray) -> AlignedDepth | None:
+        """The depth frame nearest in stamp (within the tolerance) with the camera info, or
+        None without either."""
         if not self.depths or self.camera_info is None:
             return None
         depth = min(self.depths, key=lambda d: abs(d.stamp_ns - frame.stamp_ns))
         if abs(depth.stamp_ns - frame.stamp_ns) > self.config.depth_tolerance_s * 1e9:
             return None
-        d = depth.msg
-        if (d.height, d.width) != tuple(shape[:2]):
-            self._warn("depth and colour sizes differ: no 3D positions (depth must be aligned)")
-            return None
-        try:
-            meters = depth_to_meters(
-                d.encoding, d.width, d.height, d.step, d.data, bool(d.is_bigendian)
-            )
-        except ImageConversionError as exc:
-            self._warn(f"depth image unusable: {exc}")
-            return None
-        k = self.camera_info.k
-        return meters, CameraIntrinsics(float(k[0]), float(k[4]), float(k[2]), float(k[5]))
-
-    def _with_positions(self, graph: SceneGraph, depth) -> SceneGraph:
-        """3D centres of the boxes from `_aligned_depth`'s result."""
-        if depth is None:
-            return graph
-        meters, intrinsics = depth
-        objects = []
-        for o in graph.objects:
-            position = lift_box_to_3d(o.box, meters, intrinsics) if o.box else None
-            self.summary.positions += position is not None
-            objects.append(SceneObject(o.id, o.label, o.box, position))
-        return graph.with_objects(tuple(objects))
-
-    # --- messages ----------------------------------------------------------------------------
-    def _graph_msg(self, header, graph: SceneGraph, observation: str):
-        s = self.store
-        objects = []
-        for o in graph.objects:
-            box = o.box.as_list() if o.box else [0.0, 0.0, 0.0, 0.0]
-            position = new_message(
-                s,
-                "geometry_msgs/msg/Point",
-                **dict(zip("xyz", o.position or (0.0, 0.0, 0.0), strict=True)),
-            )
-            objects.append(
-                new_message(
-                    s,
-                    "spatialthinker_ros/msg/SceneObject",
-                    id=o.id,
-                    label=o.label,
-                    has_box=o.box is not None,
-                    x_min=box[0],
-                    y_min=box[1],
-                    x_max=box[2],
-                    y_max=box[3],
-                    has_position=o.position is not None,
-                    position=position,
-                )
-            )
-        relations = [
-            new_message(
-                s,
-                "spatialthinker_ros/msg/SceneRelation",
-                subject_id=r.subject,
-                predicate=r.predicate,
-                object_id=r.object,
-            )
-            for r in graph.relations
-        ]
-        return new_message(
-            s,
-            SCENE_GRAPH,
-            header=header,
-            image_width=graph.image_width,
-            image_height=graph.image_height,
-            observation=observation,
-            objects=objects,
-            relations=relations,
-        )
-
-    def _answer_msg(
-        self,
-        header,
-        question: str,
-        result: Result | None,
-        status: int,
-        message: str,
-        graph_msg=None,
-    ):
-        c = self.config
-        fields = {
-            "header": header,
-            "question": question,
-            "choices": list(c.choices),
-            "status": status,
-            "status_message": message,
-        }
-        if result is not None:
-            r = result.reasoning
-            total_ns = int(result.timings.total_s * 1e9)
-            fields.update(
-                option=r.answer.option,
-                answer_text=r.answer.text,
-                matched_choice=r.answer.matched_choice,
-                reasoning=r.thought,
-                scene_graph=graph_msg,
-                raw_output=r.raw,
-                generated_tokens=result.generated_tokens,
-                inference_time=new_message(
-                    self.store,
-                    "builtin_interfaces/msg/Duration",
-                    sec=total_ns // 10**9,
-                    nanosec=total_ns % 10**9,
-                ),
-            )
-        return new_message(self.store, ANSWER, **fields)
-
-    def _image_msg(self, header, rgb: np.ndarray):
-        h, w = rgb.shape[:2]
-        return new_message(
-            self.store,
-            IMAGE,
-            header=header,
-            height=h,
-            width=w,
-            encoding="rgb8",
-            step=w * 3,
-            data=np.ascontiguousarray(rgb).reshape(-1),
-        )
-
-    def _markers(self, header, graph: SceneGraph):
-        """A DELETEALL, then per object a text label (and a cube where a 3D position is known)."""
-        s = self.store
-        M = s.types["visualization_msgs/msg/Marker"]
-        markers = [
-            new_message(s, "visualization_msgs/msg/Marker", header=header, action=M.DELETEALL)
-        ]
-        for i, o in enumerate(graph.objects):
-            if o.position is None:
-                continue
-            x, y, z = o.position
-            pose = new_message(
-                s,
-                "geometry_msgs/msg/Pose",
-                position=new_message(s, "geometry_msgs/msg/Point", x=x, y=y, z=z),
-                orientation=new_message(s, "geometry_msgs/msg/Quaternion", w=1.0),
-            )
-            color = new_message(s, "std_msgs/msg/ColorRGBA", r=0.1, g=0.8, b=0.2, a=0.6)
-            lifetime = new_message(s, "builtin_interfaces/msg/Duration", sec=1)
-            size = 0.2
-            if o.box is not None and self.camera_info is not None:
-                size = max(0.05, o.box.width * z / float(self.camera_info.k[0]))
-            scale = new_message(s, "geometry_msgs/msg/Vector3", x=size, y=size, z=size)
-            markers.append(
-                new_message(
-                    s,
-                    "visualization_msgs/msg/Marker",
-                    header=header,
-                    ns="objects",
-                    id=i,
-                    type=M.CUBE,
-                    pose=pose,
-                    scale=scale,
-                    color=color,
-                    lifetime=lifetime,
-                )
-            )
-            text_scale = new_message(s, "geometry_msgs/msg/Vector3", z=0.1)
-            white = new_message(s, "std_msgs/msg/ColorRGBA", r=1.0, g=1.0, b=1.0, a=1.0)
-            markers.append(
-                new_message(
-                    s,
-                    "visualization_msgs/msg/Marker",
-                    header=header,
-                    ns="labels",
-                    id=i,
-                    type=M.TEXT_VIEW_FACING,
-                    pose=pose,
-                    scale=text_scale,
-                    color=white,
-                    lifetime=lifetime,
-                    text=o.id,
-                )
-            )
-        return new_message(s, MARKERS, markers=markers)
+        return AlignedDepth(depth.msg, self.camera_info, (rgb.shape[1], rgb.shape[0]))
 
     def _write(self, topic: str, msgtype: str, bag_ns: int, msg=None, raw: bytes | None = None):
         key = (topic, msgtype)
@@ -619,8 +457,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def replay_main(args: argparse.Namespace) -> int:
-    from .cli import engine_config_from_args
-
     config = ReplayConfig(
         in_bag=args.in_bag,
         out_bag=args.out,

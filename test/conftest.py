@@ -35,6 +35,19 @@ MODEL_CACHE = Path(
 )
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the tiny models the collected tests need before any test runs: a fit takes ~40 s
+    on an idle machine and many minutes on a loaded one, which must not count against the
+    first test's timeout. Cached: later sessions find them built."""
+    from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
+
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "tiny_model_dir" in needed:
+        cached_tiny_model(MODEL_CACHE)
+    if "fitted_model_dir" in needed:
+        cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """Random-weight tiny model: real load + generate path, garbage text."""

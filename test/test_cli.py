@@ -80,9 +80,56 @@ def test_ask_with_missing_model_is_a_clear_error_not_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def unloadable_model(tmp_path: Path) -> Path:
+    """A directory that passes the model reference check but cannot load: an error that names
+    something else proves the check came before the model load."""
+    model = tmp_path / "unloadable_model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return model
+
+
 def test_ask_with_unreadable_image_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    out = run_cli("ask", str(bad), "q?", "--model", str(tmp_path))
+    out = run_cli("ask", str(bad), "q?", "--model", str(unloadable_model(tmp_path)))
     assert out.returncode == 2 and "cannot read image" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ask_refuses_images_over_max_image_pixels_before_decoding(tmp_path):
+    """A 15000 x 15000 PNG (a decompression bomb to Pillow) and a 10000 x 10000 PNG of under
+    100 KB: both refused from their header with one line, as the node refuses such frames."""
+    for side in (15000, 10000):
+        path = tmp_path / f"huge_{side}.png"
+        Image.new("L", (side, side)).save(path, optimize=True)
+        out = run_cli("ask", str(path), "q?", "--model", str(unloadable_model(tmp_path)))
+        assert out.returncode == 2, out.stderr
+        assert "exceeds the limit of 33177600 pixels" in out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    small = write_image(tmp_path / "small.png", 64, 48)
+    out = run_cli("ask", str(small), "q?", "--max-image-pixels", "1000",
+                  "--model", str(unloadable_model(tmp_path)))
+    assert out.returncode == 2 and "exceeds the limit of 1000 pixels" in out.stderr
+
+
+def test_ask_checks_the_annotate_path_before_loading_the_model(tmp_path):
+    image = write_image(tmp_path / "frame.png", 56, 56)
+    model = str(unloadable_model(tmp_path))
+    for target, reason in ((tmp_path / "missing" / "a.png", "does not exist"),
+                           (tmp_path, "is a directory"),
+                           (tmp_path / "a.notanimage", "unknown image file extension")):
+        out = run_cli("ask", str(image), "q?", "--model", model, "--annotate", str(target))
+        assert out.returncode == 2, out.stderr
+        assert "--annotate: " in out.stderr and reason in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_ask_with_bad_options_names_every_one(tmp_path):
+    image = write_image(tmp_path / "frame.png", 56, 56)
+    out = run_cli("ask", str(image), "q?", "--model", str(unloadable_model(tmp_path)),
+                  "--max-new-tokens", "0", "--timeout", "nan", "--min-pixels", "9000000",
+                  "--max-pixels", "4000")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for name in ("max_new_tokens", "timeout_s", "max_pixels", "min_pixels"):
+        assert name in out.stderr

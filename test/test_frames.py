@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from spatialthinker_ros.ros.frames import LatestFrame, StampedHistory
+from spatialthinker_ros.ros.frames import Frame, LatestFrame, StampedHistory
 
 
 def test_empty_store_has_no_frame() -> None:
@@ -108,3 +108,25 @@ def test_history_is_bounded() -> None:
 def test_history_rejects_zero_capacity() -> None:
     with pytest.raises(ValueError):
         StampedHistory(capacity=0)
+
+
+def test_unusable_reason_covers_old_future_and_stopped_cameras() -> None:
+    fresh = Frame("m", stamp_s=100.0, received_s=100.0, seq=1)
+    assert fresh.unusable_reason(100.5, max_age_s=1.0, max_future_s=0.5) is None
+    assert "1.50 s old" in fresh.unusable_reason(101.5, max_age_s=1.0, max_future_s=0.5)
+    ahead = Frame("m", stamp_s=200.0, received_s=100.0, seq=2)  # camera clock 100 s ahead
+    reason = ahead.unusable_reason(100.1, max_age_s=1.0, max_future_s=0.5)
+    assert "ahead of the node's clock" in reason
+    slightly_ahead = Frame("m", stamp_s=100.3, received_s=100.0, seq=3)
+    assert slightly_ahead.unusable_reason(100.0, max_age_s=1.0, max_future_s=0.5) is None
+    # A stopped camera whose stamps run ahead within the tolerance still goes stale by receipt.
+    assert "old" in slightly_ahead.unusable_reason(105.0, max_age_s=1.0, max_future_s=10.0)
+
+
+def test_wait_for_returns_the_first_frame_stamped_late_enough() -> None:
+    store: LatestFrame[str] = LatestFrame()
+    store.put("old", 10.0, 10.0)
+    assert store.wait_for(11.0, 0.01) is None
+    threading.Timer(0.05, lambda: store.put("new", 11.5, 11.5)).start()
+    frame = store.wait_for(11.0, 10.0)
+    assert frame is not None and frame.message == "new"

@@ -8,13 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-from spatialthinker_ros.core.geometry import (
-    CameraIntrinsics,
-    fit_to_pixel_budget,
-    lift_box_to_3d,
-    map_box,
-    map_scene_graph,
-)
+from spatialthinker_ros.core.depth import CameraIntrinsics, lift_box_to_3d
+from spatialthinker_ros.core.geometry import fit_to_pixel_budget, map_box, map_scene_graph
 from spatialthinker_ros.core.scene import Box, SceneGraph, SceneObject
 
 

@@ -13,6 +13,7 @@ from spatialthinker_ros.ros.worker import (
     InferenceWorker,
     Job,
     Stage,
+    StageTracker,
     StopReason,
     stage_of_text,
 )
@@ -204,11 +205,21 @@ def test_stage_of_text_follows_the_output_sections() -> None:
     assert stage_of_text("<think>x</think><answer> (A) left </answer>") is Stage.ANSWERED
 
 
-def test_feedback_keeps_stage_changes_and_coalesces_text() -> None:
+def test_stage_tracker_sees_tags_split_across_deltas_and_never_goes_back() -> None:
+    text = "<observe>a</observe><scene>{}</sc" + "ene><think>hm</think><answer>(A)</answer>"
+    for size in (1, 2, 3, 7, len(text)):
+        tracker = StageTracker()
+        stages = [tracker.feed(text[i : i + size]) for i in range(0, len(text), size)]
+        assert stages == sorted(stages)
+        assert stages[-1] is Stage.ANSWERED
+        assert Stage.SCENE_GRAPH_READY in stages or size == len(text)
+
+
+def test_feedback_keeps_stage_changes_and_joins_text_deltas() -> None:
     channel = FeedbackChannel()
     channel.push(FeedbackEvent(Stage.QUEUED, ""))
-    for text in ("<obs", "<observe>", "<observe>a"):
-        channel.push(FeedbackEvent(Stage.OBSERVING, text), coalesce=True)
+    for delta in ("<obs", "erve>", "a"):
+        channel.push(FeedbackEvent(Stage.OBSERVING, delta), coalesce=True)
     channel.push(FeedbackEvent(Stage.SCENE_GRAPH_READY, "...</scene>", scene_graph="g"))
     channel.push(FeedbackEvent(Stage.THINKING, "<think>"), coalesce=True)
     events = channel.drain(0)

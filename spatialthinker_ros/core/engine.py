@@ -9,179 +9,63 @@ OpenAI-compatible remote backend (`openai_backend.py`).
 
 from __future__ import annotations
 
-import re
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
-from .geometry import Size, fit_to_pixel_budget, map_scene_graph
-from .parsing import parse_output
-from .prompt import PROMPT_VERSION, PromptStyle, build_prompt
-from .scene import Reasoning
+from .geometry import fit_to_pixel_budget, map_scene_graph
+from .openai_backend import OpenAIBackend
+from .options import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    DEFAULT_MODEL,
+    EngineConfig,
+)
+from .parsing import parse_output, scene_closed
+from .prompt import build_prompt, question_problem
+from .scene import ParseStatus, Reasoning, SceneGraph
+from .transformers_backend import TransformersBackend
+from .types import (
+    EngineError,
+    Generation,
+    GenerationBackend,
+    GenerationStopped,
+    InvalidQuestion,
+    ModelLoadError,
+    Result,
+    Size,
+    StopCallback,
+    TextCallback,
+    Timings,
+)
 
-DEFAULT_MODEL = "OX-PIXL/SpatialThinker-3B"
-# Qwen2.5-VL processor's floor (4 * 28 * 28) and a ~1 MP ceiling (1280 * 28 * 28): a 640x480
-# frame is fed as 644x476 (391 visual tokens); 1080p is scaled down to fit.
-DEFAULT_MIN_PIXELS = 3136
-DEFAULT_MAX_PIXELS = 1_003_520
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_PIXELS",
+    "DEFAULT_MODEL",
+    "EngineConfig",
+    "EngineError",
+    "Generation",
+    "GenerationBackend",
+    "GenerationStopped",
+    "InvalidQuestion",
+    "ModelLoadError",
+    "PreparedImage",
+    "Result",
+    "SpatialThinkerEngine",
+    "Timings",
+]
 
 ImageInput = Image.Image | np.ndarray
 QuestionInput = str | tuple[str, Sequence[str]]
-
-# Qwen chat control tokens (`<|im_start|>`, `<|image_pad|>`, ...): never accepted in a question.
-CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
-TextCallback = Callable[[str], None]
-StopCallback = Callable[[], bool]
-
-
-class EngineError(RuntimeError):
-    """Any failure of the engine, with a message meant for the user."""
-
-
-class ModelLoadError(EngineError):
-    """The model could not be loaded (missing directory, offline without a cache, bad option)."""
-
-
-class GenerationStopped(EngineError):
-    """`should_stop` returned True (cancel, timeout or shutdown) before generation finished."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model: str = DEFAULT_MODEL  # hub id or local directory
-    backend: str = "transformers"  # "transformers" (in process) or "openai" (remote server)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32
-    attn_implementation: str = "auto"  # auto (flash_attention_2 if installed on GPU, else sdpa)
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_new_tokens: int = 1024
-    prompt_style: PromptStyle = PromptStyle.CARD
-    # answer_many: decode the questions as one batch (fastest; may differ from one-by-one greedy
-    # output in near-ties on GPUs) instead of one after another from the shared prefix cache.
-    batch_questions: bool = False
-    # Remote backend ("openai"): server URL, served model name, env var holding the API key.
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_model: str = ""  # defaults to `model`
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 60.0
-    retries: int = 2
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> EngineConfig:
-        """The config from any mapping holding some of its field names (CLI arguments, node
-        parameters); other keys are ignored, missing fields keep their defaults."""
-        values = {f.name: options[f.name] for f in fields(cls) if f.name in options}
-        if "prompt_style" in values:
-            values["prompt_style"] = PromptStyle(values["prompt_style"])
-        if "model" in values:
-            values["model"] = str(values["model"]).strip()
-        return cls(**values)
-
-    def validate(self) -> None:
-        """Raise ModelLoadError naming the first bad option."""
-        problems = []
-        if not self.model or not self.model.strip():
-            problems.append("model must name a hub id or a local directory")
-        if self.backend not in ("transformers", "openai"):
-            problems.append(f"backend must be 'transformers' or 'openai', got {self.backend!r}")
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            problems.append(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
-        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            problems.append(
-                "attn_implementation must be auto, sdpa, eager or flash_attention_2, "
-                f"got {self.attn_implementation!r}"
-            )
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            problems.append(
-                f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}"
-            )
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.timeout_s <= 0:
-            problems.append(f"timeout_s must be > 0, got {self.timeout_s}")
-        if problems:
-            raise ModelLoadError("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class Timings:
-    preprocess_s: float = 0.0  # resize, prompt, processor, transfer to device
-    generate_s: float = 0.0  # prefill + decode
-    parse_s: float = 0.0  # parse + box mapping
-
-    @property
-    def total_s(self) -> float:
-        return self.preprocess_s + self.generate_s + self.parse_s
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What a backend returns for one prompt."""
-
-    text: str
-    prompt_tokens: int
-    generated_tokens: int
-    preprocess_s: float = 0.0
-    generate_s: float = 0.0
-    token_ids: tuple[int, ...] = ()  # generated ids, when the backend knows them
-
-
-@dataclass(frozen=True)
-class Result:
-    """One answered question. Boxes in `reasoning.scene_graph` are in source-image pixels."""
-
-    reasoning: Reasoning
-    question: str
-    choices: tuple[str, ...]
-    source_size: Size  # (w, h) of the image given to `answer`
-    model_size: Size  # (w, h) fed to the model and stated in the prompt
-    prompt_tokens: int
-    generated_tokens: int
-    timings: Timings = field(default_factory=Timings)
-    prompt_version: str = PROMPT_VERSION
-    generated_token_ids: tuple[int, ...] = ()
-
-    @property
-    def raw(self) -> str:
-        return self.reasoning.raw
-
-
-class GenerationBackend(Protocol):
-    name: str
-    # True when the backend's own processor resizes the frame to the model size (the engine then
-    # hands it the source frame); False when it needs the frame already resized.
-    resizes_to_model_size: bool
-
-    def load(self) -> None: ...
-
-    def unload(self) -> None: ...
-
-    @property
-    def loaded(self) -> bool: ...
-
-    def generate(
-        self,
-        image: Image.Image,
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        on_text: TextCallback | None = None,
-        should_stop: StopCallback | None = None,
-    ) -> Generation: ...
-
-    def generate_many(
-        self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
-    ) -> list[Generation]: ...
-
-    def describe(self) -> dict[str, str]: ...
+# Called once per answer, as soon as `</scene>` closes: the graph with boxes in source pixels,
+# and the observation text before it.
+SceneGraphCallback = Callable[[SceneGraph, str], None]
 
 
 @dataclass(frozen=True)
@@ -191,16 +75,24 @@ class PreparedImage:
     model_size: Size
 
 
-def _as_pil(image: ImageInput) -> Image.Image:
+def _as_pil(image: ImageInput, max_image_pixels: int) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if isinstance(image, np.ndarray):
+        pixels = image.width * image.height
+    elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise EngineError(
                 f"expected an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
             )
+        pixels = image.shape[0] * image.shape[1]
+    else:
+        raise EngineError(f"expected a PIL image or numpy RGB array, got {type(image).__name__}")
+    if pixels > max_image_pixels:
+        raise EngineError(
+            f"image of {pixels} pixels exceeds max_image_pixels ({max_image_pixels})"
+        )
+    if isinstance(image, np.ndarray):
         return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-    raise EngineError(f"expected a PIL image or numpy RGB array, got {type(image).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _normalise_question(item: QuestionInput) -> tuple[str, tuple[str, ...]]:
@@ -208,6 +100,52 @@ def _normalise_question(item: QuestionInput) -> tuple[str, tuple[str, ...]]:
         return item, ()
     question, choices = item
     return question, tuple(choices)
+
+
+def to_source_pixels(reasoning: Reasoning, prepared: PreparedImage) -> Reasoning:
+    """`reasoning` with its boxes mapped from the model's frame to source pixels. Boxes that lie
+    outside the image (or collapse to a line) carry no place: they are dropped (the object stays,
+    without a box) and an OK answer becomes PARTIAL with the reason."""
+    graph = map_scene_graph(reasoning.scene_graph, prepared.model_size, prepared.source_size)
+    notes = []
+    objects = []
+    for obj in graph.objects:
+        if obj.box is not None and (obj.box.width <= 0.0 or obj.box.height <= 0.0):
+            width, height = prepared.source_size
+            notes.append(f"box of {obj.id!r} lies outside the {width} x {height} image or has "
+                         "no area (dropped the box)")
+            obj = replace(obj, box=None)
+        objects.append(obj)
+    if not notes:
+        return replace(reasoning, scene_graph=graph)
+    message = "; ".join(m for m in (reasoning.message, *notes) if m)
+    status = ParseStatus.PARTIAL if reasoning.status is ParseStatus.OK else reasoning.status
+    return replace(reasoning, scene_graph=graph.with_objects(tuple(objects)), status=status,
+                   message=message)
+
+
+class _SceneWatcher:
+    """Wraps `on_text`: parses the scene graph once, as soon as `</scene>` closes, maps its
+    boxes to source pixels and hands it to `on_scene_graph`."""
+
+    def __init__(self, prepared: PreparedImage, on_text: TextCallback | None,
+                 on_scene_graph: SceneGraphCallback) -> None:
+        self._prepared = prepared
+        self._on_text = on_text
+        self._on_scene_graph = on_scene_graph
+        self._parts: list[str] = []
+        self.graph: SceneGraph | None = None
+
+    def __call__(self, delta: str) -> None:
+        self._parts.append(delta)
+        if self.graph is None and ">" in delta:
+            text = "".join(self._parts)
+            if scene_closed(text):
+                partial = to_source_pixels(parse_output(text), self._prepared)
+                self.graph = partial.scene_graph
+                self._on_scene_graph(self.graph, partial.observation)
+        if self._on_text is not None:
+            self._on_text(delta)
 
 
 class SpatialThinkerEngine:
@@ -219,8 +157,11 @@ class SpatialThinkerEngine:
         self.config = config or EngineConfig()
         self.config.validate()
         self.backend = backend or make_backend(self.config)
-        # One generation at a time: the model and its caches are not thread-safe.
-        self._lock = threading.Lock()
+        # An in-process model and its caches are not thread-safe: one generation at a time.
+        # A server takes concurrent requests (and batches them).
+        self._lock = (
+            None if getattr(self.backend, "concurrent_requests", False) else threading.Lock()
+        )
 
     @property
     def loaded(self) -> bool:
@@ -235,10 +176,27 @@ class SpatialThinkerEngine:
     def describe(self) -> dict[str, str]:
         return self.backend.describe()
 
+    def memory_stats(self) -> dict[str, float]:
+        """Accelerator memory figures (MB) for diagnostics; empty without an accelerator."""
+        stats = getattr(self.backend, "memory_stats", None)
+        return stats() if stats is not None else {}
+
+    def release_memory(self) -> None:
+        """Give cached accelerator memory back (after an out-of-memory failure)."""
+        release = getattr(self.backend, "release_memory", None)
+        if release is not None:
+            release()
+
+    def check_question(self, question: str, choices: Sequence[str] = ()) -> None:
+        """Raise InvalidQuestion when the question or its choices cannot go to the model."""
+        problem = question_problem(question, tuple(choices), self.config.max_question_chars)
+        if problem is not None:
+            raise InvalidQuestion(problem)
+
     def prepare_image(self, image: ImageInput) -> PreparedImage:
         """The size the model will see; the frame resized to it unless the backend's processor
         does that itself (the in-process one: same size, one resize instead of two)."""
-        pil = _as_pil(image)
+        pil = _as_pil(image, self.config.max_image_pixels)
         source = pil.size
         try:
             target = fit_to_pixel_budget(*source, self.config.min_pixels, self.config.max_pixels)
@@ -251,16 +209,13 @@ class SpatialThinkerEngine:
     def prompt_for(
         self, prepared: PreparedImage, question: str, choices: Sequence[str] = ()
     ) -> str:
-        if not question or not question.strip():
-            raise EngineError("question is empty")
-        if CONTROL_TOKEN.search(question) or any(CONTROL_TOKEN.search(c) for c in choices):
-            raise EngineError("question contains model control tokens such as <|im_start|>")
+        self.check_question(question, choices)
         try:
             return build_prompt(
                 question, *prepared.model_size, choices or None, self.config.prompt_style
             )
         except ValueError as exc:
-            raise EngineError(str(exc)) from exc
+            raise InvalidQuestion(str(exc)) from exc
 
     def finish(
         self,
@@ -269,12 +224,14 @@ class SpatialThinkerEngine:
         question: str,
         choices: tuple[str, ...],
         preprocess_s: float,
+        streamed_graph: SceneGraph | None = None,
     ) -> Result:
-        """Parse a generation and map its boxes to source pixels."""
+        """Parse a generation and map its boxes to source pixels (`streamed_graph`: the graph
+        already mapped while streaming, reused when the final parse finds the same one)."""
         t0 = time.perf_counter()
-        reasoning = parse_output(generation.text, choices or None)
-        graph = map_scene_graph(reasoning.scene_graph, prepared.model_size, prepared.source_size)
-        reasoning = replace(reasoning, scene_graph=graph)
+        reasoning = to_source_pixels(parse_output(generation.text, choices or None), prepared)
+        if streamed_graph is not None and reasoning.scene_graph == streamed_graph:
+            reasoning = replace(reasoning, scene_graph=streamed_graph)
         parse_s = time.perf_counter() - t0
         return Result(
             reasoning=reasoning,
@@ -286,6 +243,7 @@ class SpatialThinkerEngine:
             generated_tokens=generation.generated_tokens,
             timings=Timings(preprocess_s + generation.preprocess_s, generation.generate_s, parse_s),
             generated_token_ids=generation.token_ids,
+            model=self.config.model,
         )
 
     def answer(
@@ -295,37 +253,48 @@ class SpatialThinkerEngine:
         choices: Sequence[str] | None = None,
         *,
         on_text: TextCallback | None = None,
+        on_scene_graph: SceneGraphCallback | None = None,
         should_stop: StopCallback | None = None,
     ) -> Result:
-        """Answer one question about one image (greedy). Raises EngineError subclasses only."""
+        """Answer one question about one image (greedy). Raises EngineError subclasses only.
+
+        `on_text` receives the generated text as it streams; `on_scene_graph` the scene graph
+        (boxes in source pixels) and observation once, as soon as `</scene>` closes."""
         t0 = time.perf_counter()
-        prepared = self.prepare_image(image)
         choices_t = tuple(choices or ())
+        self.check_question(question, choices_t)
+        prepared = self.prepare_image(image)
         prompt = self.prompt_for(prepared, question, choices_t)
+        watcher = None
+        if on_scene_graph is not None:
+            watcher = _SceneWatcher(prepared, on_text, on_scene_graph)
         preprocess_s = time.perf_counter() - t0
-        with self._lock:
+        with self._generation_slot():
             self._require_loaded()
             generation = self._guarded(
                 lambda: self.backend.generate(
                     prepared.image,
                     prompt,
                     max_new_tokens=self.config.max_new_tokens,
-                    on_text=on_text,
+                    on_text=watcher or on_text,
                     should_stop=should_stop,
                 )
             )
-        return self.finish(generation, prepared, question, choices_t, preprocess_s)
+        streamed = watcher.graph if watcher is not None else None
+        return self.finish(generation, prepared, question, choices_t, preprocess_s, streamed)
 
     def answer_many(self, image: ImageInput, questions: Sequence[QuestionInput]) -> list[Result]:
         """Answer several questions about one image; the backend shares the image prefix."""
         if not questions:
             return []
         t0 = time.perf_counter()
-        prepared = self.prepare_image(image)
         items = [_normalise_question(q) for q in questions]
+        for question, choices in items:
+            self.check_question(question, choices)
+        prepared = self.prepare_image(image)
         prompts = [self.prompt_for(prepared, q, c) for q, c in items]
         preprocess_s = time.perf_counter() - t0
-        with self._lock:
+        with self._generation_slot():
             self._require_loaded()
             generations = self._guarded(
                 lambda: self.backend.generate_many(
@@ -336,6 +305,9 @@ class SpatialThinkerEngine:
             self.finish(g, prepared, q, c, preprocess_s / len(items))
             for g, (q, c) in zip(generations, items, strict=True)
         ]
+
+    def _generation_slot(self):
+        return self._lock if self._lock is not None else contextlib.nullcontext()
 
     def _require_loaded(self) -> None:
         if not self.backend.loaded:
@@ -352,10 +324,7 @@ class SpatialThinkerEngine:
 
 
 def make_backend(config: EngineConfig) -> GenerationBackend:
+    """The backend `config.backend` names (imported only when used: torch, openai)."""
     if config.backend == "openai":
-        from .openai_backend import OpenAIBackend
-
         return OpenAIBackend.from_config(config)
-    from .transformers_backend import TransformersBackend
-
     return TransformersBackend(config)

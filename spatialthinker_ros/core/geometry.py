@@ -1,4 +1,4 @@
-"""Box geometry: the model's pixel frame <-> source image pixels, and 2D boxes lifted to 3D.
+"""Box geometry: the model's pixel frame <-> source image pixels (3D lifting: `core.depth`).
 
 SpatialThinker writes boxes as absolute pixels `[x1, y1, x2, y2]` in the frame of the
 `Image size: W x H` stated in its prompt (docs/model.md). The engine resizes every frame to the
@@ -9,17 +9,14 @@ that size, and maps the boxes back to the camera image with `map_box`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-import numpy as np
 
 from .scene import Box, SceneGraph, SceneObject
+from .types import Size
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2 -> image sides are multiples of 28.
 PATCH_FACTOR = 28
 MAX_ASPECT_RATIO = 200
 
-Size = tuple[int, int]  # (width, height)
 
 
 def fit_to_pixel_budget(
@@ -75,33 +72,3 @@ def map_scene_graph(graph: SceneGraph, from_size: Size, to_size: Size) -> SceneG
         for o in graph.objects
     )
     return SceneGraph(objects, graph.relations, image_width=to_size[0], image_height=to_size[1])
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics (sensor_msgs/CameraInfo K) of the image the boxes are in."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-
-def lift_box_to_3d(
-    box: Box, depth_m: np.ndarray, intrinsics: CameraIntrinsics, min_valid_fraction: float = 0.05
-) -> tuple[float, float, float] | None:
-    """Centre of the object in the camera optical frame (metres): median valid depth inside the
-    box, back-projected at the box centre. `depth_m` is HxW metres, aligned to the image the box
-    is in, NaN/<=0 where invalid. None when too few valid depth pixels lie in the box."""
-    h, w = depth_m.shape[:2]
-    x0, x1 = int(math.floor(max(box.x_min, 0))), int(math.ceil(min(box.x_max, w)))
-    y0, y1 = int(math.floor(max(box.y_min, 0))), int(math.ceil(min(box.y_max, h)))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    patch = depth_m[y0:y1, x0:x1]
-    valid = patch[np.isfinite(patch) & (patch > 0)]
-    if valid.size == 0 or valid.size < min_valid_fraction * patch.size:
-        return None
-    z = float(np.median(valid))
-    u, v = box.center
-    return ((u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z)

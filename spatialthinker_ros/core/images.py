@@ -242,8 +242,17 @@ def _pil():
     return Image
 
 
-def decode_compressed(data: ImageData, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    """sensor_msgs/CompressedImage data (JPEG or PNG) -> H x W x 3 uint8 RGB (a new array).
+# What `spatialthinker-ros ask` reads from files (a camera's CompressedImage: JPEG or PNG).
+FILE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM")
+
+
+def decode_compressed(
+    data: ImageData,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    formats: tuple[str, ...] = ("JPEG", "PNG"),
+) -> np.ndarray:
+    """sensor_msgs/CompressedImage data (JPEG or PNG; an image file's bytes with
+    `formats=FILE_FORMATS`) -> H x W x 3 uint8 RGB (a new array).
 
     The size in the header is checked against `max_pixels` before the pixels are decoded.
     16-bit grey PNGs keep their high byte.
@@ -255,7 +264,7 @@ def decode_compressed(data: ImageData, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
         raise ImageConversionError("compressed image data is empty")
     try:
         # Pillow raises a zoo of types on corrupt data (OSError, SyntaxError, struct.error, ...).
-        with Image.open(io.BytesIO(buffer), formats=("JPEG", "PNG")) as image:
+        with Image.open(io.BytesIO(buffer), formats=formats) as image:
             width, height = image.size
             if width <= 0 or height <= 0 or width * height > max_pixels:
                 raise ImageConversionError(

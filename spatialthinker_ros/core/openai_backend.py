@@ -19,6 +19,7 @@ import concurrent.futures
 import io
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -28,8 +29,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image
 
-from .engine import (
-    EngineConfig,
+from .options import OPTION_BY_NAME, EngineConfig, option_problem
+from .types import (
+    BackendTimeout,
+    BackendUnavailable,
     EngineError,
     Generation,
     GenerationStopped,
@@ -42,15 +45,6 @@ POLL_S = 0.02  # how often generate() checks should_stop and the deadline while 
 BACKOFF_S = 0.25  # first retry delay after a connection failure; doubles per retry
 MAX_BACKOFF_S = 4.0
 _END = object()  # queue marker: the request finished (result or error in its future)
-
-
-class BackendUnavailable(EngineError):
-    """The server could not be reached (refused, reset, DNS) after the retries, or it dropped the
-    connection mid-answer."""
-
-
-class BackendTimeout(EngineError):
-    """The request did not finish within timeout_s."""
 
 
 def display_url(url: str) -> str:
@@ -149,6 +143,7 @@ class _EventLoopThread:
 class OpenAIBackend:
     name = "openai"
     resizes_to_model_size = False  # a server's processor has its own pixel budget: send it resized
+    concurrent_requests = True  # a server batches requests in flight
 
     def __init__(
         self,
@@ -159,7 +154,7 @@ class OpenAIBackend:
         retries: int = 2,
         concurrent_questions: bool = False,
     ):
-        if not base_url.startswith(("http://", "https://")):
+        if option_problem(OPTION_BY_NAME["base_url"], base_url) is not None:
             raise ModelLoadError(f"base_url must be an http(s) URL, got {display_url(base_url)!r}")
         if timeout_s <= 0 or retries < 0:
             raise ModelLoadError(f"need timeout_s > 0 and retries >= 0, got {timeout_s}, {retries}")
@@ -378,6 +373,8 @@ class OpenAIBackend:
         await client.close()
 
     def _map_error(self, exc: Exception, *, mid_answer: bool) -> EngineError:
+        """A short, sanitised reason: the server's own text (an error body may echo request
+        headers, the key among them) is never passed on, only its HTTP status and error type."""
         import openai
 
         if isinstance(exc, EngineError):
@@ -385,19 +382,33 @@ class OpenAIBackend:
         if isinstance(exc, openai.APITimeoutError):
             return BackendTimeout(f"{self.url} did not answer within {self.timeout_s:g} s")
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
+            cause = type(exc.__cause__ or exc).__name__
             if mid_answer:
-                return BackendUnavailable(f"connection to {self.url} lost mid-answer: {cause}")
-            return BackendUnavailable(f"cannot reach {self.url}: {cause}")
+                return BackendUnavailable(f"connection to {self.url} lost mid-answer ({cause})")
+            return BackendUnavailable(f"cannot reach {self.url} ({cause})")
         if isinstance(exc, openai.APIStatusError):
-            body = (exc.response.text or "")[:300] if exc.response is not None else ""
             hint = ""
             if exc.status_code in (401, 403) and not os.environ.get(self.api_key_env):
                 hint = f" (no API key: set the environment variable {self.api_key_env})"
-            return EngineError(f"{self.url} answered HTTP {exc.status_code}: {body}{hint}")
+            kind = _error_type(getattr(exc, "body", None))
+            return EngineError(f"{self.url} answered HTTP {exc.status_code}{kind}{hint}")
         if isinstance(exc, openai.APIError):  # an error event inside the stream
-            return EngineError(f"{self.url} reported an error mid-answer: {exc.message}")
-        return EngineError(f"bad response from {self.url}: {type(exc).__name__}: {exc}")
+            kind = _error_type(getattr(exc, "body", None))
+            return EngineError(f"{self.url} reported an error mid-answer{kind}")
+        return EngineError(f"bad response from {self.url} ({type(exc).__name__})")
+
+
+def _error_type(body: Any) -> str:
+    """` (type)` from an OpenAI-style error body's `type`/`code`, if it is a short identifier;
+    never the message text."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    for key in ("type", "code"):
+        value = error.get(key)
+        if isinstance(value, (str, int)) and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", str(value)):
+            return f" ({value})"
+    return ""
 
 
 def _generation(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 
 # Bump when the text sent to the model changes; results record it.
@@ -26,6 +27,8 @@ PAPER_EVAL_TEMPLATE = (
 )
 
 MAX_CHOICES = 26
+# Qwen chat control tokens (`<|im_start|>`, `<|image_pad|>`, ...): never accepted in a question.
+CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 
 
 class PromptStyle(enum.Enum):
@@ -35,6 +38,24 @@ class PromptStyle(enum.Enum):
     # The paper's evaluation (evaluation/evals.py --template spatial_thinker): the unfilled
     # template, then "(W x H)", blank line, "Now answer the following question:", question.
     PAPER_EVAL = "paper_eval"
+
+
+def question_problem(question: object, choices: Sequence[object], max_chars: int) -> str | None:
+    """Why a question and its choices cannot be sent to the model, or None. The one rule for
+    requests, standing questions and the engine itself (INVALID_REQUEST on the node)."""
+    if not isinstance(question, str) or not question.strip():
+        return "question is empty"
+    if len(question) > max_chars:
+        return f"question has {len(question)} characters; max_question_chars is {max_chars}"
+    if len(choices) > MAX_CHOICES:
+        return f"at most {MAX_CHOICES} choices are supported; got {len(choices)}"
+    if any(not isinstance(c, str) or not c.strip() for c in choices):
+        return "choices must be non-empty strings"
+    if sum(len(c) for c in choices) > max_chars:
+        return f"choices are longer than max_question_chars ({max_chars}) in total"
+    if CONTROL_TOKEN.search(question) or any(CONTROL_TOKEN.search(c) for c in choices):
+        return "question contains model control tokens such as <|im_start|>"
+    return None
 
 
 def format_choices(choices: Sequence[str]) -> str:

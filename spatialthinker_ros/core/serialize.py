@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import Result
 from .scene import SceneGraph
+from .types import Result
 
 
 def scene_graph_to_dict(graph: SceneGraph) -> dict[str, Any]:

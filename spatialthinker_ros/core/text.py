@@ -26,7 +26,40 @@ def safe_text(text: object) -> str:
     return _UNSAFE.sub(REPLACEMENT, text)
 
 
+# Credentials that servers, URLs or exceptions may carry into a message.
+_CREDENTIALS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b(authorization|proxy-authorization|x-api-key|api[-_]?key|token|"
+                r"password|secret)(\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&'\"}]+)"),
+     r"\1\2[redacted]"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*:[^/\s@]*@"), r"\1[redacted]@"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+)
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with bearer tokens, authorization headers, api keys and URL user:password parts
+    replaced by [redacted]."""
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def one_line(text: object, max_chars: int = 300) -> str:
-    """A safe single line of at most `max_chars` characters (status messages, log lines)."""
-    flat = " ".join(safe_text(text).split())
+    """A safe single line of at most `max_chars` characters, credentials redacted: what status
+    messages, diagnostics and log lines carry."""
+    flat = redact_credentials(" ".join(safe_text(text).split()))
     return flat if len(flat) <= max_chars else flat[: max_chars - 1] + "\u2026"
+
+
+def safe_fields(fields: dict[str, object]) -> dict[str, object]:
+    """Message fields with every string (and every string in a list) made safe: what the
+    message factories of `core.outputs` apply to everything they build."""
+    out = {}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            value = safe_text(value)
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+            value = [safe_text(v) for v in value]
+        out[name] = value
+    return out

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .engine import (
-    EngineConfig,
+from .geometry import fit_to_pixel_budget
+from .options import EngineConfig, model_reference_problem
+from .types import (
     EngineError,
     Generation,
     GenerationStopped,
@@ -20,26 +21,17 @@ from .engine import (
     StopCallback,
     TextCallback,
 )
-from .geometry import fit_to_pixel_budget
 
 
 def validate_model_reference(model: str) -> str:
-    """A hub id `org/name` or an existing local directory; never anything executable."""
+    """The reference to load: an existing local directory or a hub id `org/name`; raises
+    ModelLoadError (the rule is `options.model_reference_problem`)."""
+    problem = model_reference_problem(model)
+    if problem is not None:
+        raise ModelLoadError(problem)
     model = model.strip()
-    if not model:
-        raise ModelLoadError("model must name a hub id (org/name) or a local directory")
     path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"model path {model!r} is not a directory")
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model directory {model!r} has no config.json")
-        return str(path)
-    if model.startswith(("/", ".", "~")) or ".." in model or model.count("/") != 1:
-        raise ModelLoadError(
-            f"model directory {model!r} does not exist (and it is not a hub id like org/name)"
-        )
-    return model
+    return str(path) if path.exists() else model
 
 
 def resolve_device(device: str) -> str:
@@ -74,6 +66,7 @@ def resolve_attention(attn: str, device: str) -> str:
 class TransformersBackend:
     name = "transformers"
     resizes_to_model_size = True  # the processor's smart_resize == geometry.fit_to_pixel_budget
+    concurrent_requests = False  # one model, one generation at a time
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -129,6 +122,24 @@ class TransformersBackend:
         self.processor = None
         gc.collect()
         if was_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def memory_stats(self) -> dict[str, float]:
+        """CUDA memory allocated and reserved by this process (MB); empty off CUDA."""
+        if not self.device.startswith("cuda"):
+            return {}
+        import torch
+
+        return {
+            "gpu_memory_allocated_mb": torch.cuda.memory_allocated() / 2**20,
+            "gpu_memory_reserved_mb": torch.cuda.memory_reserved() / 2**20,
+        }
+
+    def release_memory(self) -> None:
+        """Return the CUDA caching allocator's free blocks (after an out-of-memory error)."""
+        if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()

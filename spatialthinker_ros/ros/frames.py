@@ -1,8 +1,8 @@
 """Newest-frame stores for camera callbacks (no rclpy): O(1) puts, frames dropped, never queued.
 
-Camera callbacks run on the executor and must never wait on the model: they hand the message
-over untouched (no conversion, no copy) and return. The inference worker takes the newest frame
-when it starts a request. A frame replaced before anyone used it counts as dropped.
+Camera callbacks must never wait on the model: they hand the message over untouched (no
+conversion, no copy) and return. The inference worker takes the newest frame when it starts a
+request. A frame replaced before anyone used it counts as dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ class Frame(Generic[T]):
     def age_s(self, now_s: float) -> float:
         return now_s - self.stamp_s
 
+    def unusable_reason(self, now_s: float, max_age_s: float, max_future_s: float) -> str | None:
+        """Why this frame may not be answered about now, or None. Too old by its stamp, stamped
+        further ahead of the clock than `max_future_s` (clock skew: such a frame would never go
+        stale by its stamp), or received longer than `max_age_s` ago (a stopped camera goes
+        stale whatever its stamps say)."""
+        ahead = self.stamp_s - now_s
+        if ahead > max_future_s:
+            return (f"newest image is stamped {ahead:.2f} s ahead of the node's clock "
+                    f"(more than max_future_stamp_s = {max_future_s:g}: clock skew?)")
+        age = max(self.age_s(now_s), now_s - self.received_s)
+        if age > max_age_s:
+            return f"newest image is {age:.2f} s old; max_image_age_s is {max_age_s:g}"
+        return None
+
 
 @dataclass(frozen=True)
 class FrameStats:
@@ -40,7 +54,7 @@ class LatestFrame(Generic[T]):
     """The newest message of one topic; older ones are dropped on arrival of a newer one."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._frame: Frame[T] | None = None
         self._used = False
         self._received = 0
@@ -49,33 +63,45 @@ class LatestFrame(Generic[T]):
     def put(self, message: T, stamp_s: float, received_s: float | None = None) -> None:
         """Store `message` as the newest frame. O(1): keeps a reference, copies nothing."""
         received = time.monotonic() if received_s is None else received_s
-        with self._lock:
+        with self._cond:
             if self._frame is not None and not self._used:
                 self._dropped += 1
             self._received += 1
             stamp = stamp_s if stamp_s > 0.0 else received
             self._frame = Frame(message, stamp, received, self._received)
             self._used = False
+            self._cond.notify_all()
 
     def peek(self) -> Frame[T] | None:
         """The newest frame without marking it used."""
-        with self._lock:
+        with self._cond:
             return self._frame
 
     def take(self) -> Frame[T] | None:
         """The newest frame, marked used (it stays available to later requests)."""
-        with self._lock:
+        with self._cond:
             self._used = self._frame is not None
             return self._frame
 
+    def wait_for(self, stamp_s: float, timeout_s: float) -> Frame[T] | None:
+        """The newest frame once one stamped at or after `stamp_s` is there (waits up to
+        `timeout_s`); None on timeout."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._frame is not None and self._frame.stamp_s >= stamp_s,
+                timeout=max(timeout_s, 0.0),
+            )
+            frame = self._frame
+            return frame if frame is not None and frame.stamp_s >= stamp_s else None
+
     def clear(self) -> None:
-        with self._lock:
+        with self._cond:
             self._frame = None
             self._used = False
 
     @property
     def stats(self) -> FrameStats:
-        with self._lock:
+        with self._cond:
             return FrameStats(self._received, self._dropped)
 
 

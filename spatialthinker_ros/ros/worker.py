@@ -58,16 +58,36 @@ def stage_of_text(text: str) -> Stage:
     return _STAGE_NAMES.get(stream_stage(text), Stage.OBSERVING)
 
 
+class StageTracker:
+    """The stage of a streamed output, updated per delta in time linear in the output: stages
+    only advance, and the tags that advance them are short, so only the new text and a few
+    characters before it are looked at."""
+
+    _OVERLAP = 16  # longer than any tag, so a tag split across deltas is still seen
+
+    def __init__(self) -> None:
+        self.stage = Stage.OBSERVING
+        self._tail = ""
+
+    def feed(self, delta: str) -> Stage:
+        window = self._tail + delta
+        if "<" in window:
+            self.stage = max(self.stage, stage_of_text(window))
+        self._tail = window[-self._OVERLAP :]
+        return self.stage
+
+
 @dataclass(frozen=True)
 class FeedbackEvent:
     stage: Stage
-    text: str  # generated text so far
-    scene_graph: Any = None  # the parsed graph, from SCENE_GRAPH_READY on
+    text: str  # text generated since the previous event
+    scene_graph: Any = None  # the parsed graph, on the SCENE_GRAPH_READY event only
 
 
 class FeedbackChannel:
     """Progress events from the worker to one waiting caller. Stage changes are always kept;
-    text-only updates of the same stage are coalesced, so a slow reader never falls behind."""
+    text-only updates of the same stage are merged (their deltas joined), so a slow reader never
+    falls behind and never loses text."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -82,6 +102,7 @@ class FeedbackChannel:
                 last, last_coalescable = self._events[-1]
                 if last_coalescable and last.stage == event.stage:
                     self._events.pop()
+                    event = FeedbackEvent(event.stage, last.text + event.text)
             self._events.append((event, coalesce))
             self._cond.notify_all()
 

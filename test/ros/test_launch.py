@@ -50,23 +50,17 @@ def _string_arg(call: ast.Call, index: int) -> str | None:
 
 
 def declared_parameters() -> set[str]:
-    """Parameter names the node declares: literal declare_parameter(...) calls in node.py and
-    the ParamSpec table of params.py that its declare_parameters() walks."""
-    if not NODE_FILE.exists():
-        pytest.skip("spatialthinker_ros/ros/node.py does not exist yet")
-    names = {n for c in _calls(NODE_FILE, "declare_parameter") if (n := _string_arg(c, 0))}
-    node_source = NODE_FILE.read_text()
-    if PARAMS_MODULE.exists() and "declare_parameters" in node_source:
-        names |= {n for c in _calls(PARAMS_MODULE, "ParamSpec") if (n := _string_arg(c, 0))}
-    return names
+    """Parameter names the node declares (its table: the engine options and its own)."""
+    from spatialthinker_ros.ros.params import PARAMETERS
+
+    return {p.name for p in PARAMETERS}
 
 
 def node_subscribed_topics() -> set[str]:
-    """Relative topics the node subscribes: the topic argument of create_subscription, and the
-    topics it resolves for its camera intake (`self._resolve("image")`)."""
-    topics = {t for c in _calls(NODE_FILE, "create_subscription") if (t := _string_arg(c, 1))}
-    topics |= {t for c in _calls(NODE_FILE, "_resolve") if (t := _string_arg(c, 0))}
-    return {t for t in topics if not t.startswith("/")}
+    """Relative topics the node subscribes (one camera)."""
+    from spatialthinker_ros.ros import topics
+
+    return set(topics.SUBSCRIBED)
 
 
 def params_file() -> dict[str, Any]:
@@ -220,7 +214,7 @@ def test_rviz_config_shows_debug_image_and_markers(ros_interfaces) -> None:
     assert displays["rviz_default_plugins/Image"]["Topic"]["Value"] == "/debug_image"
     markers = displays["rviz_default_plugins/MarkerArray"]
     assert markers["Topic"]["Value"] == "/markers"
-    from spatialthinker_ros.ros import markers as marker_module  # namespaces stay in sync
+    from spatialthinker_ros.core import outputs as marker_module  # namespaces stay in sync
 
     assert set(markers["Namespaces"]) == {
         marker_module.NAMESPACE_BOXES, marker_module.NAMESPACE_LABELS,

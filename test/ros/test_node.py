@@ -96,7 +96,8 @@ class GatedEngine:
     def describe(self) -> dict[str, str]:
         return self.inner.describe()
 
-    def answer(self, image, question, choices=None, *, on_text=None, should_stop=None):
+    def answer(self, image, question, choices=None, *, on_text=None, should_stop=None,
+               **callbacks):
         self.calls += 1
         text: list[str] = []
         held = False
@@ -116,7 +117,8 @@ class GatedEngine:
                 if should_stop is not None and should_stop():
                     return
 
-        return self.inner.answer(image, question, choices, on_text=gated, should_stop=should_stop)
+        return self.inner.answer(image, question, choices, on_text=gated, should_stop=should_stop,
+                                 **callbacks)
 
 
 def node_params(model_dir: Path, **overrides: Any) -> list[Parameter]:
@@ -240,7 +242,7 @@ class Harness:
     def wait_for_frame(self, header: Header) -> None:
         """Wait until the node holds the frame with this stamp (image subs are best effort)."""
         def holds() -> bool:
-            frame = self.node._images.peek()
+            frame = self.node.intake.camera("").images.peek()
             return frame is not None and frame.message.header.stamp == header.stamp
         wait_until(holds, what="the node to receive the frame")
 
@@ -426,7 +428,7 @@ def test_busy_reject_then_queue_policy(make_harness) -> None:
                                           Parameter("max_queue", value=1)])
     assert all(r.successful for r in result)
     queued = harness.ask_async(request_id="queued")
-    wait_until(lambda: harness.node._worker.stats.queue_depth == 1, what="the queued request")
+    wait_until(lambda: harness.node.worker.stats.queue_depth == 1, what="the queued request")
     over = harness.ask(request_id="over")
     assert over.status == a.STATUS_BUSY
 
@@ -490,9 +492,11 @@ def test_action_feedback_stages_and_result(served: Harness) -> None:
     ready = next(f for f in feedback if f.stage == A.Feedback.STAGE_SCENE_GRAPH_READY)
     assert [o.id for o in ready.scene_graph.objects] == ["cube.1", "ball.1"]
     assert ready.scene_graph.header.stamp == header.stamp
-    assert "</scene>" in ready.partial_text and "<answer>" not in ready.partial_text
-    answered = [f for f in feedback if f.stage == A.Feedback.STAGE_ANSWERED]
-    assert "</answer>" in answered[-1].partial_text
+    text = "".join(f.text_delta for f in feedback)  # feedback carries deltas
+    assert text == answer.raw_output
+    before_ready = "".join(f.text_delta for f in feedback[: feedback.index(ready)])
+    assert "<answer>" not in before_ready
+    assert sum(len(f.scene_graph.objects) > 0 for f in feedback) == 1  # the graph is sent once
 
 
 def test_action_cancel_stops_generation(make_harness) -> None:
@@ -566,7 +570,7 @@ def test_lifecycle_transitions_through_the_lifecycle_services(make_harness) -> N
 def test_bad_model_fails_configure_and_node_stays_alive(make_harness, model: str) -> None:
     harness = make_harness(start=False, model=model)
     assert harness.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert harness.node._state == "unconfigured"
+    assert harness.node.state == "unconfigured"
     values = harness.diagnostics(lambda v: v["_level"] == DiagnosticStatus.ERROR)
     assert "model" in values["_message"] and values["state"] == "unconfigured"
     assert harness.ask_client.wait_for_service(timeout_sec=WAIT_S)
@@ -581,7 +585,7 @@ def test_missing_model_directory_is_a_load_failure_with_reason(make_harness,
     empty.mkdir()
     harness = make_harness(start=False, model=str(empty))
     assert harness.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert "could not load the model" in harness.node._config_error
+    assert "could not load the model" in harness.node.config_error
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -619,7 +623,7 @@ def test_good_parameter_values_take_effect(served: Harness) -> None:
                                    Parameter("standing_choices", value=["left", "right"]),
                                    Parameter("max_question_chars", value=3000)])
     assert all(r.successful for r in results)
-    assert node.settings.max_queue == 2 and node._worker.max_queue == 2
+    assert node.settings.max_queue == 2 and node.worker.max_queue == 2
     assert node.settings.standing_choices == ("left", "right")
     results = node.set_parameters([Parameter("max_queue", value=4),
                                    Parameter("max_question_chars", value=2000)])
@@ -655,13 +659,13 @@ def test_debug_image_is_rendered_only_when_subscribed(make_harness) -> None:
     node = harness.node
     harness.send_frame()
     assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
-    assert node._pubs["debug_image"].get_subscription_count() == 0
+    assert node.publishers.subscribers("debug_image") == 0
     assert node.stats_snapshot()["debug_images"] == 0
 
     images: list[Image] = []
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     harness.client.create_subscription(Image, "debug_image", images.append, qos)
-    wait_until(lambda: node._pubs["debug_image"].get_subscription_count() > 0,
+    wait_until(lambda: node.publishers.subscribers("debug_image") > 0,
                what="the debug_image subscription")
     header = harness.send_frame(frame_id="cam_debug")
     assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
@@ -682,7 +686,8 @@ def test_depth_and_camera_info_give_3d_positions_and_markers(make_harness) -> No
     depth.header.stamp, depth.header.frame_id = stamp, "cam_depth"
     depth.data = np.full((480, 640), 2000, dtype=np.uint16).tobytes()  # 2 m everywhere
     harness.depth_pub.publish(depth)
-    wait_until(lambda: harness.node._camera_info is not None and len(harness.node._depth) > 0,
+    camera = harness.node.intake.camera("")
+    wait_until(lambda: camera.camera_info is not None and len(camera.depth) > 0,
                what="depth and camera_info")
     harness.send_frame(stamp=stamp, frame_id="cam_depth")
     answer = harness.ask()

@@ -66,7 +66,8 @@ class FaultyEngine:
     def describe(self) -> dict[str, str]:
         return self.inner.describe()
 
-    def answer(self, image, question, choices=None, *, on_text=None, should_stop=None):
+    def answer(self, image, question, choices=None, *, on_text=None, should_stop=None,
+               **callbacks):
         fault = self.fault
         chunks = 0
 
@@ -87,7 +88,8 @@ class FaultyEngine:
                 while not should_stop():  # bounded by the node's timeout_s
                     time.sleep(0.01)
 
-        return self.inner.answer(image, question, choices, on_text=faulty, should_stop=should_stop)
+        return self.inner.answer(image, question, choices, on_text=faulty, should_stop=should_stop,
+                                 **callbacks)
 
 
 @pytest.fixture()
@@ -262,7 +264,7 @@ def test_deactivate_and_cleanup_during_inference_cancel_cleanly(make_harness) ->
     running = harness.ask_async(request_id="running")
     assert engines_made[0].entered.wait(WAIT_S)
     queued = harness.ask_async(request_id="queued")
-    wait_until(lambda: harness.node._worker.stats.queue_depth == 1, what="a queued request")
+    wait_until(lambda: harness.node.worker.stats.queue_depth == 1, what="a queued request")
 
     assert harness.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     stopped = wait_future(running).answer
@@ -270,7 +272,7 @@ def test_deactivate_and_cleanup_during_inference_cancel_cleanly(make_harness) ->
     dropped = wait_future(queued).answer
     assert dropped.status == a.STATUS_CANCELED
     assert not engines_made[0].release.is_set()  # nothing let it finish: it was canceled
-    assert harness.node._worker.running is None
+    assert harness.node.worker.running is None
 
     assert harness.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert not engines_made[0].loaded
@@ -289,4 +291,4 @@ def test_shutdown_during_inference_finishes_cleanly(make_harness) -> None:
     assert harness.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
     assert wait_future(running).answer.status == harness.SpatialAnswer.STATUS_CANCELED
     assert not harness.engine.loaded
-    assert harness.node._state == "finalized"
+    assert harness.node.state == "finalized"

@@ -1,0 +1,36 @@
+"""Command-line arguments shared by the subcommands (`ask`, `replay`, `eval`), built from the
+engine options table (`core.options`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .core.options import ENGINE_OPTIONS, EngineConfig, Option
+
+
+def _argument(group: argparse._ArgumentGroup, opt: Option) -> None:
+    kwargs: dict = {"dest": opt.name, "default": opt.default, "help": opt.help}
+    if opt.kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = opt.kind
+        if opt.choices:
+            kwargs["choices"] = list(opt.choices)
+    group.add_argument(opt.flag, **kwargs)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine options (core.options: one table for the CLI, the node and validation)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in ENGINE_OPTIONS:
+        if opt.cli:
+            if opt.group not in groups:
+                groups[opt.group] = parser.add_argument_group(opt.group)
+            _argument(groups[opt.group], opt)
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The engine config the arguments ask for; raises ModelLoadError naming every bad one."""
+    config = EngineConfig.from_options(vars(args))
+    config.validate()
+    return config

@@ -1,0 +1,143 @@
+"""3D object positions from an aligned depth image and the camera intrinsics (no rclpy).
+
+Messages are read by field name, so rclpy's and rosbags' `sensor_msgs/Image` and `CameraInfo`
+both work. Bad input never raises here: an uncalibrated CameraInfo (K all zero), NaN or infinite
+intrinsics, an undecodable depth image or too few valid depth pixels mean "no 3D position".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .geometry import Size, map_box
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, depth_to_meters
+from .scene import Box, SceneGraph
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics (sensor_msgs/CameraInfo K) of the image the boxes are in."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+def intrinsics_from_camera_info(info: Any) -> CameraIntrinsics | None:
+    """The pinhole intrinsics of CameraInfo.k (row-major 3x3: fx 0 cx / 0 fy cy / 0 0 1), for an
+    image of info.width x info.height. None when K is unset or unusable: not 9 numbers, zero or
+    negative focal lengths (an uncalibrated camera sends all zeros), NaN or infinity."""
+    try:
+        k = [float(v) for v in info.k]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if len(k) != 9:
+        return None
+    fx, cx, fy, cy = k[0], k[2], k[4], k[5]
+    if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0.0 or fy <= 0.0:
+        return None
+    return CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy)
+
+
+def intrinsics_for_size(info: Any, width: int, height: int) -> CameraIntrinsics | None:
+    """CameraInfo's intrinsics scaled to an image of width x height (a resized stream, the depth
+    image); None when K is unusable. CameraInfo width/height 0 means "the same size"."""
+    intrinsics = intrinsics_from_camera_info(info)
+    if intrinsics is None or width <= 0 or height <= 0:
+        return None
+    info_w, info_h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
+    sx = width / info_w if info_w > 0 else 1.0
+    sy = height / info_h if info_h > 0 else 1.0
+    return CameraIntrinsics(
+        fx=intrinsics.fx * sx, fy=intrinsics.fy * sy, cx=intrinsics.cx * sx, cy=intrinsics.cy * sy
+    )
+
+
+def lift_box_to_3d(
+    box: Box, depth_m: np.ndarray, intrinsics: CameraIntrinsics, min_valid_fraction: float = 0.05
+) -> tuple[float, float, float] | None:
+    """Centre of the object in the camera optical frame (metres): median valid depth inside the
+    box, back-projected at the box centre. `depth_m` is HxW metres, aligned to the image the box
+    is in, NaN/<=0 where invalid. None when too few valid depth pixels lie in the box."""
+    h, w = depth_m.shape[:2]
+    x0, x1 = int(math.floor(max(box.x_min, 0))), int(math.ceil(min(box.x_max, w)))
+    y0, y1 = int(math.floor(max(box.y_min, 0))), int(math.ceil(min(box.y_max, h)))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    patch = depth_m[y0:y1, x0:x1]
+    valid = patch[np.isfinite(patch) & (patch > 0)]
+    if valid.size == 0 or valid.size < min_valid_fraction * patch.size:
+        return None
+    z = float(np.median(valid))
+    u, v = box.center
+    position = ((u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z)
+    return position if all(math.isfinite(c) for c in position) else None
+
+
+class AlignedDepth:
+    """The depth frame aligned with one colour image, converted on first use.
+
+    `image_size` is the colour image's (w, h): the boxes' frame. The depth image may have
+    another size (boxes and intrinsics are scaled). `error` says why no position can be given
+    ("" while none was needed or all is well)."""
+
+    def __init__(
+        self,
+        depth: Any | None,
+        camera_info: Any | None,
+        image_size: Size,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        self._depth = depth
+        self._info = camera_info
+        self._image_size = image_size
+        self._max_pixels = max_pixels
+        self._meters: np.ndarray | None = None
+        self._intrinsics: CameraIntrinsics | None = None
+        self.error = ""
+
+    @property
+    def available(self) -> bool:
+        return self._depth is not None and self._info is not None
+
+    def _prepare(self) -> bool:
+        if self._meters is not None:
+            return True
+        if not self.available or self.error:
+            return False
+        d = self._depth
+        try:
+            meters = depth_to_meters(
+                d.encoding, d.width, d.height, d.step, d.data, bool(d.is_bigendian),
+                self._max_pixels,
+            )
+        except ImageConversionError as exc:
+            self.error = f"depth image: {exc}"
+            return False
+        # camera_info describes the colour image; the aligned depth frame may be scaled.
+        intrinsics = intrinsics_for_size(self._info, meters.shape[1], meters.shape[0])
+        if intrinsics is None:
+            self.error = "camera_info has no usable intrinsics (K unset, zero or not finite)"
+            return False
+        self._meters, self._intrinsics = meters, intrinsics
+        return True
+
+    def locate(self, graph: SceneGraph) -> SceneGraph:
+        """`graph` with a 3D position on every object whose box has enough valid depth."""
+        if not graph.objects or not self._prepare():
+            return graph
+        assert self._meters is not None and self._intrinsics is not None
+        depth_size = (self._meters.shape[1], self._meters.shape[0])
+        objects = []
+        for obj in graph.objects:
+            position = None
+            if obj.box is not None:
+                box = map_box(obj.box, self._image_size, depth_size)
+                position = lift_box_to_3d(box, self._meters, self._intrinsics)
+            objects.append(replace(obj, position=position))
+        return graph.with_objects(tuple(objects))

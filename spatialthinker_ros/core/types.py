@@ -1,0 +1,129 @@
+"""What the engine and its backends share: errors, generation results, answers, the backend
+protocol. Imports nothing else from the package but the scene dataclasses and the prompt
+version, so the engine and every backend import it without a cycle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+from .prompt import PROMPT_VERSION
+from .scene import Reasoning
+
+Size = tuple[int, int]  # (width, height)
+TextCallback = Callable[[str], None]
+StopCallback = Callable[[], bool]
+
+
+class EngineError(RuntimeError):
+    """Any failure of the engine, with a message meant for the user."""
+
+
+class ModelLoadError(EngineError):
+    """The model could not be loaded (missing directory, offline without a cache, bad option)."""
+
+
+class InvalidQuestion(EngineError):
+    """The question or its choices are not acceptable (empty, too long, control tokens)."""
+
+
+class GenerationStopped(EngineError):
+    """`should_stop` returned True (cancel, timeout or shutdown) before generation finished."""
+
+
+class BackendUnavailable(EngineError):
+    """The server could not be reached (refused, reset, DNS) after the retries, or it dropped the
+    connection mid-answer."""
+
+
+class BackendTimeout(EngineError):
+    """The request did not finish within timeout_s."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    preprocess_s: float = 0.0  # resize, prompt, processor, transfer to device
+    generate_s: float = 0.0  # prefill + decode
+    parse_s: float = 0.0  # parse + box mapping
+
+    @property
+    def total_s(self) -> float:
+        return self.preprocess_s + self.generate_s + self.parse_s
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a backend returns for one prompt."""
+
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    preprocess_s: float = 0.0
+    generate_s: float = 0.0
+    token_ids: tuple[int, ...] = ()  # generated ids, when the backend knows them
+
+
+@dataclass(frozen=True)
+class Result:
+    """One answered question. Boxes in `reasoning.scene_graph` are in source-image pixels."""
+
+    reasoning: Reasoning
+    question: str
+    choices: tuple[str, ...]
+    source_size: Size  # (w, h) of the image given to `answer`
+    model_size: Size  # (w, h) fed to the model and stated in the prompt
+    prompt_tokens: int
+    generated_tokens: int
+    timings: Timings = field(default_factory=Timings)
+    prompt_version: str = PROMPT_VERSION
+    generated_token_ids: tuple[int, ...] = ()
+    model: str = ""  # the model reference that produced it
+
+    @property
+    def raw(self) -> str:
+        return self.reasoning.raw
+
+
+class GenerationBackend(Protocol):
+    """Turns (image already sized for the model, prompt text) into generated text."""
+
+    name: str
+    # True when the backend's own processor resizes the frame to the model size (the engine then
+    # hands it the source frame); False when it needs the frame already resized.
+    resizes_to_model_size: bool
+    # True when generate() may run on several threads at once (a server batches them).
+    concurrent_requests: bool
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def generate(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        on_text: TextCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> Generation: ...
+
+    def generate_many(
+        self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
+    ) -> list[Generation]: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+    def memory_stats(self) -> dict[str, float]:
+        """Accelerator memory figures for diagnostics (MB); empty when there are none."""
+        ...
+
+    def release_memory(self) -> None:
+        """Return cached accelerator memory after a failure such as out-of-memory."""
+        ...

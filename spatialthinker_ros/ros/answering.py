@@ -1,0 +1,216 @@
+"""One request, run on the inference worker thread: newest frame -> engine -> outputs.
+
+The scene graph is published as soon as `</scene>` closes (before the answer exists), its 3D
+positions lifted once; the answer reuses it. Every job ends in exactly one SpatialAnswer, whatever
+fails (frame, model, publishing); the worker publishes it on `answer` and the waiting caller
+returns it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rclpy.lifecycle import LifecycleNode
+
+from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
+
+from ..core.images import ImageConversionError
+from ..core.outputs import AnswerOutputs, Request
+from ..core.scene import SceneGraph
+from ..core.status import AnswerStatus
+from ..core.text import one_line
+from .conversions import image_msg_to_rgb, rclpy_message
+from .diagnostics import ServingStats
+from .frames import Frame
+from .intake import CameraIntake
+from .params import NodeSettings
+from .publishing import Publishers
+from .worker import FeedbackEvent, Job, Stage, StageTracker, StopReason
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    """One question to answer about one camera's newest frame."""
+
+    question: str
+    choices: tuple[str, ...]
+    max_image_age_s: float
+    request_id: str
+    camera: str = ""  # "" = the first camera
+    not_before_s: float = 0.0  # answer about a frame stamped at or after this (0: any)
+    stop_after: str = ""  # "" = full answer; "scene_graph"
+    standing: bool = False
+
+    @property
+    def echo(self) -> Request:
+        return Request(self.question, self.choices, self.request_id, self.camera)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower()
+
+
+class Answerer:
+    """Runs jobs for the worker (see the module doc)."""
+
+    def __init__(self, node: LifecycleNode, intake: CameraIntake, publishers: Publishers,
+                 stats: ServingStats, now_s: Callable[[], float]) -> None:
+        self._node = node
+        self._intake = intake
+        self._publishers = publishers
+        self._stats = stats
+        self._now_s = now_s
+        self.engine: Any = None  # set on configure, None after cleanup
+        self.settings: NodeSettings | None = None
+        # Called with the frame a standing question is answered about (the node skips frames
+        # it already answered).
+        self.on_standing_frame: Callable[[Frame], None] = lambda frame: None
+
+    def camera(self, name: str):
+        """The camera `name` names ("" = the first), None when there is none."""
+        return self._intake.camera(name)
+
+    def status(self, request: AskRequest, status: AnswerStatus, message: str,
+               header: Any = None, **extra: Any) -> SpatialAnswerMsg:
+        """A SpatialAnswer without a model answer for `request`."""
+        return AnswerOutputs(rclpy_message, request.echo, header).status(status, message, **extra)
+
+    def frame_problem(self, request: AskRequest) -> tuple[AnswerStatus, str, Any] | None:
+        """(status, reason, header) when `request` cannot be answered now for lack of a usable
+        frame (unknown camera, none yet, stale, stamped ahead); None when it can."""
+        settings = self.settings
+        camera = self._intake.camera(request.camera)
+        if camera is None:
+            known = ", ".join(repr(n) for n in self._intake.cameras)
+            return AnswerStatus.INVALID_REQUEST, f"unknown camera {request.camera!r}; " \
+                f"cameras: {known}", None
+        frame = camera.images.peek()
+        if frame is None:
+            return AnswerStatus.NO_IMAGE, "no camera image received yet", None
+        reason = frame.unusable_reason(self._now_s(), request.max_image_age_s,
+                                       settings.max_future_stamp_s if settings else 0.5)
+        if reason is not None:
+            return AnswerStatus.STALE_IMAGE, reason, frame.message.header
+        return None
+
+    def run(self, job: Job) -> SpatialAnswerMsg:
+        """Always returns an answer."""
+        request: AskRequest = job.payload
+        try:
+            return self._run(job, request)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+            message = one_line(f"{type(exc).__name__}: {exc}")
+            self._node.get_logger().error(f"inference failed: {message}")
+            return self.status(request, AnswerStatus.INFERENCE_ERROR, message)
+
+    def _run(self, job: Job, request: AskRequest) -> SpatialAnswerMsg:
+        engine, settings = self.engine, self.settings
+        if engine is None or settings is None or not engine.loaded:
+            return self.status(request, AnswerStatus.INFERENCE_ERROR, "the model is not loaded")
+        problem = self.frame_problem(request)
+        if problem is not None:
+            return self.status(request, *problem)
+        camera = self._intake.camera(request.camera)
+        frame = camera.images.take()
+        header = frame.message.header
+        if request.standing:
+            self.on_standing_frame(frame)
+        try:
+            rgb = image_msg_to_rgb(frame.message, settings.engine.max_image_pixels)
+        except ImageConversionError as exc:
+            self._stats.image_error()
+            self._node.get_logger().warning(f"bad camera frame: {exc}", throttle_duration_sec=5.0)
+            return self.status(request, AnswerStatus.INFERENCE_ERROR,
+                               one_line(f"camera image could not be converted: {exc}"), header)
+        source_size = (int(rgb.shape[1]), int(rgb.shape[0]))
+        depth = None
+        if settings.use_depth:
+            depth = camera.aligned_depth(frame.stamp_s, settings.depth_stamp_tolerance_s,
+                                         source_size, settings.engine.max_image_pixels)
+        outputs = AnswerOutputs(rclpy_message, request.echo, header, depth=depth,
+                                camera_info=camera.camera_info)
+        stream = _Stream(job, outputs, self._publishers)
+        job.feedback.push(FeedbackEvent(Stage.OBSERVING, ""))
+        t0 = time.monotonic()
+        try:
+            result = engine.answer(rgb, request.question, request.choices or None,
+                                   on_text=stream.on_text, on_scene_graph=stream.on_scene_graph,
+                                   should_stop=job.should_stop)
+        except Exception as exc:  # noqa: BLE001 - EngineError, GenerationStopped, OOM, bugs
+            return self._failed(job, request, exc, outputs, stream.text,
+                                time.monotonic() - t0)
+        latency = time.monotonic() - t0
+        self._stats.inference(latency)
+        streamed = outputs.streamed
+        scene, answer = outputs.answer(result)
+        if scene is not streamed:  # `</scene>` never closed, or the final graph differs
+            self._publish_scene(outputs, scene)
+        job.feedback.push(FeedbackEvent(Stage.ANSWERED, ""))
+        if settings.publish_debug_image and self._publishers.subscribers("debug_image") > 0:
+            self._publish_debug_image(outputs, rgb, scene, result)
+        return answer
+
+    def _publish_scene(self, outputs: AnswerOutputs, scene) -> None:
+        detections = outputs.detections(scene) if self._publishers.publishes_detections else None
+        self._publishers.publish_scene(scene, detections)
+
+    def _publish_debug_image(self, outputs: AnswerOutputs, rgb, scene, result) -> None:
+        try:
+            image = outputs.debug_image(outputs.annotate(rgb, scene, result))
+        except Exception as exc:  # noqa: BLE001 - the debug image never fails an answer
+            self._node.get_logger().warning(f"debug image failed: {exc}",
+                                            throttle_duration_sec=5.0)
+            return
+        if self._publishers.publish("debug_image", image):
+            self._stats.debug_image()
+
+    def _failed(self, job: Job, request: AskRequest, exc: Exception, outputs: AnswerOutputs,
+                text: str, elapsed_s: float) -> SpatialAnswerMsg:
+        reason = job.stop_reason
+        if reason is StopReason.TIMEOUT:
+            status, message = AnswerStatus.TIMEOUT, f"no answer within timeout_s = " \
+                f"{job.timeout_s:g} s"
+        elif reason is StopReason.CANCELED:
+            status, message = AnswerStatus.CANCELED, "canceled while the model was generating"
+        else:
+            status, message = AnswerStatus.INFERENCE_ERROR, one_line(str(exc) or
+                                                                     type(exc).__name__)
+            self._node.get_logger().error(f"inference failed: {message}",
+                                          throttle_duration_sec=5.0)
+            if is_out_of_memory(exc) and self.engine is not None:
+                release = getattr(self.engine, "release_memory", None)
+                if release is not None:
+                    release()
+        return outputs.status(status, message, raw_output=text, inference_time_s=elapsed_s)
+
+
+class _Stream:
+    """The engine's streaming callbacks for one job (worker thread): the scene graph published
+    as soon as it is complete, action feedback as text deltas."""
+
+    def __init__(self, job: Job, outputs: AnswerOutputs, publishers: Publishers) -> None:
+        self._job = job
+        self._outputs = outputs
+        self._publishers = publishers
+        self._stage = StageTracker()
+        self._parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def on_text(self, delta: str) -> None:
+        self._parts.append(delta)
+        stage = self._stage.feed(delta)
+        self._job.feedback.push(FeedbackEvent(stage, delta), coalesce=True)
+
+    def on_scene_graph(self, graph: SceneGraph, observation: str) -> None:
+        scene = self._outputs.scene(graph, observation)
+        detections = None
+        if self._publishers.publishes_detections:
+            detections = self._outputs.detections(scene)
+        self._publishers.publish_scene(scene, detections)
+        self._job.feedback.push(FeedbackEvent(Stage.SCENE_GRAPH_READY, "", scene.scene_graph))

@@ -1,0 +1,124 @@
+"""Serving counters and the /diagnostics status built from them."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from ..core.status import AnswerStatus
+from ..core.text import one_line
+
+
+@dataclass
+class _Counts:
+    answers: dict[int, int] = field(default_factory=dict)  # status -> count
+    inferences: int = 0  # model calls that returned text (any parse status)
+    image_errors: int = 0
+    debug_images: int = 0
+    publish_failures: int = 0
+    latency_last_s: float = 0.0
+    latency_sum_s: float = 0.0
+    last_error: str = ""
+
+
+class ServingStats:
+    """Thread-safe counters behind /diagnostics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = _Counts()
+
+    def answered(self, status: int, message: str = "") -> None:
+        with self._lock:
+            c = self._counts
+            c.answers[status] = c.answers.get(status, 0) + 1
+            if status in (AnswerStatus.INFERENCE_ERROR, AnswerStatus.TIMEOUT):
+                c.last_error = one_line(message)
+
+    def inference(self, latency_s: float) -> None:
+        with self._lock:
+            c = self._counts
+            c.inferences += 1
+            c.latency_last_s = latency_s
+            c.latency_sum_s += latency_s
+
+    def image_error(self) -> None:
+        with self._lock:
+            self._counts.image_errors += 1
+
+    def debug_image(self) -> None:
+        with self._lock:
+            self._counts.debug_images += 1
+
+    def publish_failure(self, message: str) -> None:
+        with self._lock:
+            self._counts.publish_failures += 1
+            self._counts.last_error = one_line(message)
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self._counts.last_error = one_line(message)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain values, named as /diagnostics reports them."""
+        with self._lock:
+            c = self._counts
+            answers = dict(c.answers)
+            counts = (c.inferences, c.image_errors, c.debug_images, c.publish_failures,
+                      c.latency_last_s, c.latency_sum_s, c.last_error)
+        inferences, image_errors, debug_images, publish_failures, last, total, last_error = counts
+        s = AnswerStatus
+        parse_failures = answers.get(s.PARSE_ERROR, 0)
+        return {
+            "answers_ok": answers.get(s.OK, 0),
+            "answers_partial": answers.get(s.PARTIAL, 0),
+            "parse_failures": parse_failures,
+            "parse_failure_rate": parse_failures / inferences if inferences else 0.0,
+            "inferences": inferences,
+            "inference_errors": answers.get(s.INFERENCE_ERROR, 0),
+            "timeouts": answers.get(s.TIMEOUT, 0),
+            "canceled": answers.get(s.CANCELED, 0),
+            "busy": answers.get(s.BUSY, 0),
+            "stale_image": answers.get(s.STALE_IMAGE, 0),
+            "no_image": answers.get(s.NO_IMAGE, 0),
+            "invalid_requests": answers.get(s.INVALID_REQUEST, 0),
+            "image_conversion_errors": image_errors,
+            "debug_images": debug_images,
+            "publish_failures": publish_failures,
+            "latency_last_s": last,
+            "latency_mean_s": total / inferences if inferences else 0.0,
+            "last_error": last_error,
+        }
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return one_line(value, max_chars=500)
+
+
+def diagnostic_array(name: str, values: dict[str, Any], *, config_error: str, active: bool,
+                     state: str, stamp: Any) -> DiagnosticArray:
+    """One DiagnosticStatus: ERROR when configure failed, WARN after inference errors or
+    timeouts, OK otherwise; every figure as a key/value."""
+    status = DiagnosticStatus(name=name, hardware_id=f"{values.get('backend', '')}:"
+                                                     f"{values.get('device', '')}")
+    if config_error:
+        status.level, status.message = DiagnosticStatus.ERROR, one_line(config_error)
+    elif not active:
+        status.level, status.message = DiagnosticStatus.OK, state
+    elif values.get("last_error"):
+        status.level = DiagnosticStatus.WARN
+        status.message = one_line(
+            f"{values['inference_errors']} inference errors, {values['timeouts']} timeouts; "
+            f"last: {values['last_error']}"
+        )
+    else:
+        status.level, status.message = DiagnosticStatus.OK, "serving"
+    status.values = [KeyValue(key=k, value=_format_value(v)) for k, v in values.items()]
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array

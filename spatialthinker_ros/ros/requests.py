@@ -1,0 +1,281 @@
+"""The `ask` service and action: admission, the worker queue, waiting and feedback.
+
+Requests that cannot go to the model are answered at once (BUSY outside the active state or
+with a full queue, INVALID_REQUEST, NO_IMAGE, STALE_IMAGE). Accepted ones wait on the worker's
+future with a bounded timeout on their own executor thread (reentrant group), so the executor
+never blocks on the model. Every call gets exactly one answer, whatever fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from spatialthinker_ros.action import AskSpatial as AskSpatialAction
+from spatialthinker_ros.msg import SceneGraph as SceneGraphMsg
+from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
+from spatialthinker_ros.srv import AskSpatial as AskSpatialSrv
+
+from ..core.prompt import question_problem
+from ..core.status import AnswerStatus, GoalOutcome, goal_outcome
+from ..core.text import one_line
+from .answering import Answerer, AskRequest
+from .conversions import stamp_to_seconds
+from .diagnostics import ServingStats
+from .params import NodeSettings
+from .worker import BusyPolicy, FeedbackEvent, InferenceWorker, Job
+
+# Extra wait, beyond the queue's worst case, before a caller gives up on the worker.
+WAIT_SLACK_S = 10.0
+# Text-only action feedback at most this often (stage changes are always sent).
+FEEDBACK_MIN_INTERVAL_S = 0.05
+# Requests are never dropped by DDS: a burst of callers beyond the default depth of 10 would
+# otherwise lose requests silently (and those callers wait forever).
+REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+STOP_AFTER = ("", "scene_graph")
+
+
+class RequestServer:
+    """Serves `ask` (service and action) for the node's whole life (see the module doc)."""
+
+    def __init__(self, node: LifecycleNode, worker: InferenceWorker, answerer: Answerer,
+                 stats: ServingStats, settings: Callable[[], NodeSettings],
+                 state: Callable[[], str]) -> None:
+        self._node = node
+        self._worker = worker
+        self._answerer = answerer
+        self._stats = stats
+        self._settings = settings
+        self._state = state
+        self.active = False
+        self._waiters_cond = threading.Condition()
+        self._waiters = 0
+        self._goal_jobs: dict[bytes, Job] = {}
+        group = ReentrantCallbackGroup()
+        self._service = node.create_service(
+            AskSpatialSrv, "ask", self._on_service, qos_profile=REQUEST_QOS, callback_group=group
+        )
+        self._action = ActionServer(
+            node,
+            AskSpatialAction,
+            "ask",
+            execute_callback=self._on_action,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=self._on_cancel,
+            callback_group=group,
+            goal_service_qos_profile=REQUEST_QOS,
+            result_service_qos_profile=REQUEST_QOS,
+            cancel_service_qos_profile=REQUEST_QOS,
+        )
+
+    def destroy(self) -> None:
+        self._action.destroy()
+        self._node.destroy_service(self._service)
+
+    def wait_for_callers(self, timeout_s: float) -> bool:
+        """Wait until every caller got its answer (deactivation); False on timeout."""
+        with self._waiters_cond:
+            return self._waiters_cond.wait_for(lambda: self._waiters == 0, timeout=timeout_s)
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _on_service(self, request, response):
+        response.answer = self.serve(self.request_from(request))
+        return response
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        job = self._goal_jobs.get(bytes(goal_handle.goal_id.uuid))
+        if job is not None:
+            job.cancel()
+        return CancelResponse.ACCEPT
+
+    def _on_action(self, goal_handle):
+        answer = self.serve(self.request_from(goal_handle.request), goal_handle)
+        outcome = goal_outcome(answer.status, goal_handle.is_cancel_requested)
+        if outcome is GoalOutcome.SUCCEEDED:
+            goal_handle.succeed()
+        elif outcome is GoalOutcome.CANCELED:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return AskSpatialAction.Result(answer=answer)
+
+    def request_from(self, msg: Any) -> AskRequest:
+        """An AskRequest from a service request or action goal."""
+        max_age = float(msg.max_image_age_s)
+        default_age = self._settings().max_image_age_s
+        return AskRequest(
+            question=msg.question,
+            choices=tuple(msg.choices),
+            max_image_age_s=max_age if max_age > 0 and math.isfinite(max_age) else default_age,
+            request_id=msg.request_id or uuid.uuid4().hex,
+            camera=msg.camera,
+            not_before_s=stamp_to_seconds(msg.not_before),
+            stop_after=msg.stop_after,
+        )
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, request: AskRequest, goal_handle=None) -> SpatialAnswerMsg:
+        """Exactly one answer for `request` (the action's feedback goes to `goal_handle`)."""
+        with self._waiters_cond:
+            self._waiters += 1
+        try:
+            answer = self._serve(request, goal_handle)
+        except Exception as exc:  # noqa: BLE001 - a caller always gets an answer
+            message = one_line(f"{type(exc).__name__}: {exc}")
+            self._node.get_logger().error(f"request failed: {message}")
+            answer = self._reject(request, AnswerStatus.INFERENCE_ERROR, message)
+        finally:
+            with self._waiters_cond:
+                self._waiters -= 1
+                self._waiters_cond.notify_all()
+        return answer
+
+    def _serve(self, request: AskRequest, goal_handle) -> SpatialAnswerMsg:
+        rejection = self.admit(request)
+        if rejection is not None:
+            return rejection
+        settings = self._settings()
+        job = self._worker.submit(request, timeout_s=settings.engine.timeout_s,
+                                  policy=BusyPolicy(settings.busy_policy))
+        if job is None:
+            return self._reject(request, AnswerStatus.BUSY, self.busy_reason())
+        budget = settings.engine.timeout_s * (self._worker.max_queue + 1) + WAIT_SLACK_S
+        if goal_handle is None:
+            return self._wait_for(job, budget)
+        key = bytes(goal_handle.goal_id.uuid)
+        self._goal_jobs[key] = job
+        try:
+            return self._wait_with_feedback(job, goal_handle, budget)
+        finally:
+            self._goal_jobs.pop(key, None)
+
+    def busy_reason(self) -> str:
+        if not self.active:
+            return f"node is {self._state()}, not active"
+        stats = self._worker.stats
+        return (f"model busy ({stats.queue_depth} queued, max_queue {self._worker.max_queue}, "
+                f"busy_policy {self._settings().busy_policy}); retry later")
+
+    def admit(self, request: AskRequest) -> SpatialAnswerMsg | None:
+        """An immediate answer for a request that cannot go to the model, else None. Waits up
+        to timeout_s for a frame stamped at or after the request's `not_before`."""
+        if not self.active:
+            return self._reject(request, AnswerStatus.BUSY, self.busy_reason())
+        settings = self._settings()
+        problem = question_problem(request.question, request.choices,
+                                   settings.engine.max_question_chars)
+        if problem is None and request.stop_after not in STOP_AFTER:
+            problem = (f"stop_after must be one of {', '.join(repr(s) for s in STOP_AFTER)}; "
+                       f"got {request.stop_after!r}")
+        if problem is not None:
+            return self._reject(request, AnswerStatus.INVALID_REQUEST, problem)
+        if request.not_before_s > 0.0:
+            rejection = self._wait_for_frame_after(request, settings.engine.timeout_s)
+            if rejection is not None:
+                return rejection
+        frame_problem = self._answerer.frame_problem(request)
+        if frame_problem is not None:
+            return self._reject(request, *frame_problem)
+        return None
+
+    def _wait_for_frame_after(self, request: AskRequest,
+                              timeout_s: float) -> SpatialAnswerMsg | None:
+        camera = self._answerer.camera(request.camera)
+        if camera is None:
+            return None  # admission then answers INVALID_REQUEST naming the cameras
+        if camera.images.wait_for(request.not_before_s, timeout_s) is not None:
+            return None
+        return self._reject(
+            request, AnswerStatus.STALE_IMAGE,
+            f"no image stamped at or after not_before ({request.not_before_s:.3f} s) arrived "
+            f"within timeout_s = {timeout_s:g} s")
+
+    def _reject(self, request: AskRequest, status: AnswerStatus, message: str,
+                header: Any = None) -> SpatialAnswerMsg:
+        answer = self._answerer.status(request, status, message, header)
+        self._stats.answered(answer.status, answer.status_message)
+        return answer
+
+    def _wait_for(self, job: Job, budget_s: float) -> SpatialAnswerMsg:
+        try:
+            return job.future.result(timeout=budget_s)
+        except concurrent.futures.TimeoutError:
+            job.cancel()
+            return self._give_up(job, budget_s)
+        except concurrent.futures.CancelledError:
+            return self._canceled_in_queue(job)
+
+    def _wait_with_feedback(self, job: Job, goal_handle, budget_s: float) -> SpatialAnswerMsg:
+        deadline = time.monotonic() + budget_s
+        sender = FeedbackSender(goal_handle.publish_feedback)
+        while not job.future.done():
+            sender.send(job.feedback.drain(0.25))
+            if goal_handle.is_cancel_requested:
+                job.cancel()
+            if time.monotonic() > deadline:
+                job.cancel()
+                return self._give_up(job, budget_s)
+        sender.send(job.feedback.drain(0.0), final=True)
+        try:
+            return job.future.result(timeout=0)
+        except concurrent.futures.CancelledError:
+            return self._canceled_in_queue(job)
+
+    def _give_up(self, job: Job, budget_s: float) -> SpatialAnswerMsg:
+        return self._reject(job.payload, AnswerStatus.TIMEOUT,
+                            f"no answer from the inference worker within {budget_s:.1f} s")
+
+    def _canceled_in_queue(self, job: Job) -> SpatialAnswerMsg:
+        return self._reject(job.payload, AnswerStatus.CANCELED,
+                            "canceled before the model started on it")
+
+
+class FeedbackSender:
+    """Turns worker progress events into light AskSpatial feedback: the text generated since
+    the last message, the scene graph once (with SCENE_GRAPH_READY). Text-only updates go out at
+    most every FEEDBACK_MIN_INTERVAL_S (joined, nothing lost); stage changes at once."""
+
+    def __init__(self, publish: Callable[[Any], None]) -> None:
+        self._publish_feedback = publish
+        self._stage: int | None = None
+        self._last_sent = 0.0
+        self._pending: list[FeedbackEvent] = []
+
+    def send(self, events: Sequence[FeedbackEvent], final: bool = False) -> None:
+        for event in events:
+            if event.stage != self._stage or event.scene_graph is not None:
+                self._flush()
+                self._publish(event.stage, event.text, event.scene_graph)
+            else:
+                self._pending.append(event)
+        if self._pending and (
+            final or time.monotonic() - self._last_sent >= FEEDBACK_MIN_INTERVAL_S
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            text = "".join(e.text for e in self._pending)
+            stage = self._pending[-1].stage
+            self._pending = []
+            self._publish(stage, text, None)
+
+    def _publish(self, stage: int, text: str, scene_graph: SceneGraphMsg | None) -> None:
+        feedback = AskSpatialAction.Feedback(stage=int(stage), text_delta=text)
+        if scene_graph is not None:
+            feedback.scene_graph = scene_graph
+        self._publish_feedback(feedback)
+        self._stage = stage
+        self._last_sent = time.monotonic()
