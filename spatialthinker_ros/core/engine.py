@@ -9,6 +9,7 @@ OpenAI-compatible remote backend (`openai_backend.py`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -159,6 +160,9 @@ class GenerationBackend(Protocol):
     # True when the backend's own processor resizes the frame to the model size (the engine then
     # hands it the source frame); False when it needs the frame already resized.
     resizes_to_model_size: bool
+    # True when generate() may be called from several threads at once (the engine then does not
+    # serialise answers); absent or False: one at a time.
+    concurrent_requests: bool
 
     def load(self) -> None: ...
 
@@ -219,8 +223,10 @@ class SpatialThinkerEngine:
         self.config = config or EngineConfig()
         self.config.validate()
         self.backend = backend or make_backend(self.config)
-        # One generation at a time: the model and its caches are not thread-safe.
-        self._lock = threading.Lock()
+        # One generation at a time, unless the backend takes concurrent requests (a server
+        # batches them): the in-process model and its caches are not thread-safe.
+        concurrent = getattr(self.backend, "concurrent_requests", False)
+        self._lock = contextlib.nullcontext() if concurrent else threading.Lock()
 
     @property
     def loaded(self) -> bool:

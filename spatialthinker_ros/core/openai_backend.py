@@ -149,6 +149,7 @@ class _EventLoopThread:
 class OpenAIBackend:
     name = "openai"
     resizes_to_model_size = False  # a server's processor has its own pixel budget: send it resized
+    concurrent_requests = True  # thread-safe; the server batches requests in flight
 
     def __init__(
         self,

@@ -74,6 +74,7 @@ def resolve_attention(attn: str, device: str) -> str:
 class TransformersBackend:
     name = "transformers"
     resizes_to_model_size = True  # the processor's smart_resize == geometry.fit_to_pixel_budget
+    concurrent_requests = False  # one model, one generation at a time
 
     def __init__(self, config: EngineConfig):
         self.config = config
