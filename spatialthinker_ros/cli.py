@@ -1,4 +1,5 @@
-"""`spatialthinker-ros`: ask a question about an image, replay bags, make demo data."""
+"""`spatialthinker-ros`: ask a question about an image, replay bags, evaluate on benchmarks, make
+demo data."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .core.prompt import PromptStyle
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model options shared by `ask` and `replay`."""
+    """Model options shared by `ask`, `replay` and `eval`."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local model directory")
     g.add_argument("--backend", choices=["transformers", "openai"], default="transformers")
@@ -26,13 +27,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "sdpa", "eager", "flash_attention_2"],
     )
     g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS)
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    g.add_argument("--max-new-tokens", type=int, default=1024)
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="%(default)s")
+    g.add_argument("--max-new-tokens", type=int, default=1024, help="%(default)s")
     g.add_argument(
         "--prompt-style",
         default=PromptStyle.CARD.value,
         choices=[s.value for s in PromptStyle],
-        help="card: the model card's prompt (default); paper_eval: the paper's evaluation prompt",
+        help="card: the model card's prompt; paper_eval: the paper's evaluation prompt "
+        "(default: %(default)s)",
     )
     r = parser.add_argument_group("remote backend (--backend openai)")
     r.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
@@ -151,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_arguments(replay)
     add_engine_arguments(replay)
     replay.set_defaults(func=replay_main)
+    from .evaluation.cli import DESCRIPTION, add_eval_arguments, eval_main
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="accuracy on CV-Bench, BLINK or a JSONL benchmark, next to the paper's numbers",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_engine_arguments(evaluate)
+    add_eval_arguments(evaluate)  # after: it sets the paper's defaults for engine options
+    evaluate.set_defaults(func=eval_main)
     sample = sub.add_parser("make-sample-bag", help="write a small synthetic RGB-D camera bag")
     add_make_sample_bag_arguments(sample)
     sample.set_defaults(func=make_sample_bag_main)
