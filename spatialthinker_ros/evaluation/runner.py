@@ -65,12 +65,13 @@ def _answer(
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
         return SkippedItem("unreadable image", item.source, one_line(exc))
     try:  # what the engine would refuse before asking the model is bad input, not an error
-        engine.prompt_for(engine.prepare_image(image), item.prompt)
+        prepared = engine.prepare_image(image)
+        engine.prompt_for(prepared, item.prompt)
     except EngineError as exc:
         return SkippedItem("refused by the engine", item.source, one_line(exc))
     t0 = time.perf_counter()
-    try:
-        result = engine.answer(image, item.prompt, should_stop=stop.is_set)
+    try:  # the prepared image is already at the model's size: the engine does not resize again
+        result = engine.answer(prepared.image, item.prompt, should_stop=stop.is_set)
     except GenerationStopped:
         return _Failed("stopped")
     except EngineError as exc:

@@ -40,15 +40,20 @@ def prompt(n: int, choices: Sequence[str] = CHOICES) -> str:
 
 
 def write_jsonl(
-    path: Path, golds: Sequence[str], *, task: str = "relation", first: int = 0
+    path: Path,
+    golds: Sequence[str],
+    *,
+    task: str = "relation",
+    first: int = 0,
+    size: tuple[int, int] = IMAGE_SIZE,
 ) -> Path:
-    """One line per gold letter; images written next to the file (`images/`)."""
+    """One line per gold letter; `size` images written next to the file (`images/`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / "images").mkdir(exist_ok=True)
     lines = []
     for i, gold in enumerate(golds, first):
         image = f"images/{path.stem}_{i}.png"
-        (path.parent / image).write_bytes(noise_png(i))
+        (path.parent / image).write_bytes(noise_png(i, size))
         record = {
             "id": f"q{i}",
             "image": image,
