@@ -400,6 +400,18 @@ def test_inference_errors_are_reported_not_recorded_and_retried(server, tmp_path
     assert report["overall"] == {"accuracy": 1.0, "n": 3, "correct": 3}
 
 
+def test_a_dead_server_stops_the_run_after_8_errors_in_a_row(server, tmp_path, capsys):
+    bench = bf.write_jsonl(tmp_path / "bench.jsonl", ["A"] * 20)
+    server.script.mode = Mode.HTTP_ERROR
+    code, out, err = run_main(capsys, str(bench), *remote_args(server), "--json")
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["aborted"] == "8 inference errors in a row"
+    assert report["errors"]["count"] == 8 and "HTTP 500" in report["errors"]["first"]
+    assert report["overall"]["n"] == 0 and not report["complete"]
+    assert len(server.requests) == 8
+
+
 # --------------------------------------------------------------------- inputs and formats
 
 

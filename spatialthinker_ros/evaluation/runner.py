@@ -109,6 +109,7 @@ def evaluate(
         concurrency=options.concurrency,
     )
     records: list[dict[str, Any]] = []
+    correct = 0  # running count for the progress bar
     total = min(inputs.rows, options.limit) if options.limit else inputs.rows
     bar = tqdm(
         total=total,
@@ -129,13 +130,19 @@ def evaluate(
                 facts.skipped[DUPLICATE] += 1
             elif entry.key in log.done:
                 seen.add(entry.key)
-                records.append(log.done[entry.key])
+                keep(log.done[entry.key])
                 facts.resumed += 1
             else:
                 seen.add(entry.key)
                 yield entry
                 continue
             bar.update()
+
+    def keep(record: dict[str, Any]) -> None:
+        nonlocal correct
+        records.append(record)
+        correct += record["outcome"] == "correct"
+        bar.set_postfix_str(f"accuracy {correct / len(records):.1%}", refresh=False)
 
     def answer(item: EvalItem) -> Outcome:
         return _answer(engine, item, log.settings, stop)
@@ -160,7 +167,7 @@ def evaluate(
                     continue
                 consecutive_errors = 0
                 log.append(outcome)
-                records.append(outcome)
+                keep(outcome)
                 facts.answered_now += 1
     except KeyboardInterrupt:
         facts.interrupted = True
