@@ -38,6 +38,7 @@ setup(
     ],
     extras_require={
         "remote": ["openai>=1.40", "httpx>=0.27"],
+        "eval": ["pyarrow>=14"],  # CV-Bench / BLINK parquet files (spatialthinker-ros eval)
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -49,6 +50,7 @@ setup(
             "httpx>=0.27",
             "accelerate>=1.0",  # the model card's snippet uses device_map="auto"
             "transformers[serving]>=5,<6",  # a real OpenAI-compatible server for the remote tests
+            "pyarrow>=14",  # the eval tests write and read benchmark parquet files
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},

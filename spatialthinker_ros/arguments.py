@@ -4,12 +4,15 @@ engine options table (`core.options`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .core.options import ENGINE_OPTIONS, EngineConfig, Option
+from .core.text import one_line
 
 
 def _argument(group: argparse._ArgumentGroup, opt: Option) -> None:
-    kwargs: dict = {"dest": opt.name, "default": opt.default, "help": opt.help}
+    kwargs: dict = {"dest": opt.name, "default": opt.default,
+                    "help": f"{opt.help} (default: %(default)s)"}
     if opt.kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
@@ -34,3 +37,9 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     config = EngineConfig.from_options(vars(args))
     config.validate()
     return config
+
+
+def fail(message: object) -> int:
+    """Print a one-line error as every subcommand does; exit code 2."""
+    print(f"spatialthinker-ros: error: {one_line(message, 600)}", file=sys.stderr)
+    return 2

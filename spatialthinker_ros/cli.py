@@ -1,4 +1,5 @@
-"""`spatialthinker-ros`: ask a question about an image, replay bags, make demo data."""
+"""`spatialthinker-ros`: ask a question about an image, replay bags, evaluate on benchmarks, make
+demo data."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import add_engine_arguments, engine_config_from_args
+from .arguments import add_engine_arguments, engine_config_from_args, fail
 from .core.engine import SpatialThinkerEngine
 from .core.text import one_line
 from .core.types import EngineError, Result
+from .evaluation.cli import DESCRIPTION, add_eval_arguments, eval_main
 from .replay import add_replay_arguments, replay_main
 from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
 
@@ -76,11 +78,11 @@ def ask_main(args: argparse.Namespace) -> int:
         if problem is None and args.annotate.suffix.lower() not in Image.registered_extensions():
             problem = f"{args.annotate}: unknown image file extension (use .png or .jpg)"
         if problem is not None:
-            return _fail(f"--annotate: {problem}")
+            return fail(f"--annotate: {problem}")
     try:
         rgb = decode_compressed(args.image.read_bytes(), config.max_image_pixels, FILE_FORMATS)
     except (OSError, ImageConversionError) as exc:
-        return _fail(f"cannot read image {args.image}: {one_line(exc)}")
+        return fail(f"cannot read image {args.image}: {one_line(exc)}")
     engine = SpatialThinkerEngine(config)
     engine.load()
     on_text = (lambda s: print(s, end="", file=sys.stderr, flush=True)) if args.stream else None
@@ -94,7 +96,7 @@ def ask_main(args: argparse.Namespace) -> int:
         try:
             Image.fromarray(annotated).save(args.annotate)
         except (OSError, ValueError) as exc:
-            return _fail(f"--annotate: cannot write {args.annotate}: {one_line(exc)}")
+            return fail(f"--annotate: cannot write {args.annotate}: {one_line(exc)}")
     if args.json:
         print(json.dumps(result_to_dict(result), indent=2))
     else:
@@ -137,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_arguments(replay)
     add_engine_arguments(replay)
     replay.set_defaults(func=replay_main)
+    evaluate = sub.add_parser(
+        "eval",
+        help="accuracy on CV-Bench, BLINK or a JSONL benchmark, next to the paper's numbers",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_engine_arguments(evaluate)
+    add_eval_arguments(evaluate)  # after: it sets the paper's defaults for engine options
+    evaluate.set_defaults(func=eval_main)
     sample = sub.add_parser("make-sample-bag", help="write a small synthetic RGB-D camera bag")
     add_make_sample_bag_arguments(sample)
     sample.set_defaults(func=make_sample_bag_main)
@@ -155,17 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"spatialthinker-ros: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except EngineError as exc:
-        return _fail(one_line(exc))
+        return fail(one_line(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -13,6 +13,8 @@ import json
 import select
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,12 @@ class Script:
     status: int = 500
     error_body: str = '{"error": {"message": "model exploded", "code": 500}}'
     trickle_s: float = 0.05
+    # OK mode: wait this long before answering (a server taking a fixed time per request; each
+    # request has its own thread, so concurrent requests overlap like a batching server), or a
+    # function of the request body giving the wait.
+    delay_s: float | Callable[[dict[str, Any]], float] = 0.0
+    # OK mode: the content deltas as a function of the request body (instead of `chunks`).
+    reply: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, usage=None, choices=True) -> bytes:
@@ -94,13 +102,15 @@ class ScriptedOpenAIServer:
 
     def wait_quiet(self, connection: socket.socket, seconds: float) -> bool:
         """Wait without sending; True as soon as the client closed the connection."""
-        waited = 0.0
-        while waited < seconds and not self._stopping.is_set():
-            readable, _, _ = select.select([connection], [], [], 0.05)
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select([connection], [], [], min(0.05, remaining))
             if readable and connection.recv(1, socket.MSG_PEEK) == b"":
                 self.client_hung_up.set()
                 return True
-            waited += 0.05
         return False
 
 
@@ -113,17 +123,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         owner = self.owner
-        owner.requests.append(
-            Recorded({k.lower(): v for k, v in self.headers.items()}, json.loads(raw or b"{}"))
-        )
+        body = json.loads(raw or b"{}")
+        owner.requests.append(Recorded({k.lower(): v for k, v in self.headers.items()}, body))
         script = owner.script
         try:
-            self._answer(script)
+            self._answer(script, body)
         except (BrokenPipeError, ConnectionResetError):
             owner.client_hung_up.set()
 
-    def _answer(self, script: Script) -> None:
+    def _answer(self, script: Script, body: dict[str, Any]) -> None:
         owner = self.owner
+        delay = script.delay_s(body) if callable(script.delay_s) else script.delay_s
+        if script.mode is Mode.OK and delay > 0 and owner.wait_quiet(self.connection, delay):
+            return
         if script.mode is Mode.DROP:
             self.close_connection = True
             return
@@ -156,7 +168,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if owner.wait_quiet(self.connection, script.trickle_s):
                     return
         else:  # OK, CUT
-            for delta in script.chunks:
+            chunks = script.reply(body) if script.reply is not None else script.chunks
+            for delta in chunks:
                 write(_chunk(delta if isinstance(delta, dict) else {"content": delta}))
             if script.mode is Mode.OK:
                 write(_chunk({}, finish="stop"))
