@@ -21,6 +21,7 @@ the whole `Reasoning` without parsing the scene again; `scene_closed`, `parse_sc
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -54,23 +55,27 @@ MAX_COORD = 1.0e6
 # Broken scene JSON repaired per output, in characters (lenient_json is a Python loop, about
 # 1 us a token; a real scene graph is 1-4 KB, and valid JSON of any size needs no repair).
 MAX_REPAIR_CHARS = 8_192
+# Complete <scene> sections tried for a scene graph with objects (a model repeating sections
+# is looping: the first few are what it meant).
+MAX_SCENE_CANDIDATES = 4
 # Notes beyond this many are summarised as a count; values quoted in notes are cut to this.
 MAX_NOTES = 12
 MAX_QUOTED_CHARS = 40
 
-# Tags allow a little whitespace (`< /answer >`); bounded, so a tag is at most MAX_TAG_CHARS
-# long and every tag search is linear (and resumable at the end of a growing text).
+# Tags allow a little ASCII whitespace (`< /answer >`); bounded, so a tag is at most
+# MAX_TAG_CHARS long and every tag search is linear (and resumable at the end of a growing text).
 _S = r"\s{0,16}"
 _NAMES = "|".join(SECTIONS)
 MAX_TAG_CHARS = 64  # >= len("<" + 16 blanks + "/" + 16 + "observe" + 16 + ">") = 58
-_TAG_RE = re.compile(rf"<{_S}(?:(/){_S})?({_NAMES}){_S}>", re.IGNORECASE)
-_SCENE_CLOSE_RE = re.compile(rf"<{_S}/{_S}scene{_S}>", re.IGNORECASE)
-_ANSWER_CLOSE_RE = re.compile(rf"<{_S}/{_S}answer{_S}>", re.IGNORECASE)
-_THINK_OR_ANSWER_OPEN_RE = re.compile(rf"<{_S}(?:think|answer){_S}>", re.IGNORECASE)
+_TAG_FLAGS = re.IGNORECASE | re.ASCII
+_TAG_RE = re.compile(rf"<{_S}(?:(/){_S})?({_NAMES}){_S}>", _TAG_FLAGS)
+_SCENE_CLOSE_RE = re.compile(rf"<{_S}/{_S}scene{_S}>", _TAG_FLAGS)
+_ANSWER_CLOSE_RE = re.compile(rf"<{_S}/{_S}answer{_S}>", _TAG_FLAGS)
+_THINK_OR_ANSWER_OPEN_RE = re.compile(rf"<{_S}(?:think|answer){_S}>", _TAG_FLAGS)
 # The start of a tag cut off at the end of the text (`</ans`, `<`).
 _NAME_PREFIXES = sorted({n[:i] for n in SECTIONS for i in range(1, len(n) + 1)}, key=len)[::-1]
 _PARTIAL_TAG_RE = re.compile(
-    rf"<{_S}(?:/{_S})?(?:(?:{'|'.join(_NAME_PREFIXES)}){_S})?", re.IGNORECASE
+    rf"<{_S}(?:/{_S})?(?:(?:{'|'.join(_NAME_PREFIXES)}){_S})?", _TAG_FLAGS
 )
 # The rest of a one-line JSON string after its opening quote (possessive: never backtracks).
 _STRING_REST_RE = re.compile(r'(?:[^"\\\n]++|\\.)*+')
@@ -89,7 +94,7 @@ def _scene_body_re(final: bool) -> re.Pattern[str]:
     return re.compile(
         rf'(?:[^"<]++|"(?:[^"\\\n]++|\\.)*+"|"[^<\n]*+(?:{not_a_tag}[^<\n]*+)*+{line_end}'
         rf"|{not_a_tag})*+",
-        re.IGNORECASE,
+        _TAG_FLAGS,
     )
 
 
@@ -155,7 +160,7 @@ class _Notes:
 # ------------------------------------------------------------------------------------------ tags
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # thousands of tags: cheap to make
 class _Tag:
     start: int
     end: int
@@ -189,26 +194,42 @@ class _TagScanner:
         self._quote_tags_pos = 0  # no tag starts between the quote and here
 
     def scan(self, text: str, final: bool) -> None:
+        tags = self.tags
         while True:
-            if self._scene is not None:
-                end = self._scan_body(text, final)
-                if end is _PENDING:
-                    return
-                if isinstance(end, re.Match) and end.group(1) and end.group(2).lower() == "scene":
-                    self._pos = end.start()  # tags inside the scene's strings are text
-                else:  # every tag counts; a later <scene> in this stretch is not scanned again
-                    self._scanned_until = end.start() if isinstance(end, re.Match) else len(text)
-                self._scene = None
-            match = _TAG_RE.search(text, self._pos)
-            if match is None:
+            if self._scene is not None and not self._end_scene(text, final):
+                return  # the scene body needs more text
+            for match in _TAG_RE.finditer(text, self._pos):
+                closing, name = match.group(1, 2)
+                start, end = match.span()
+                tag = _Tag(start, end, name.lower(), closing is not None)
+                tags.append(tag)
+                self._pos = end
+                if tag.name == "scene" and closing is None and start >= self._scanned_until:
+                    self._scene, self._body_pos = tag, end
+                    if not self._end_scene(text, final):
+                        return
+                    if self._pos != end:
+                        break  # the scene closed: go on from its `</scene>`
+            else:
                 if not final:  # a tag may be arriving at the end
                     self._pos = max(self._pos, len(text) - MAX_TAG_CHARS)
                 return
-            tag = _Tag(match.start(), match.end(), match.group(2).lower(), bool(match.group(1)))
-            self.tags.append(tag)
-            self._pos = tag.end
-            if tag.name == "scene" and not tag.closing and tag.start >= self._scanned_until:
-                self._scene, self._body_pos = tag, tag.end
+
+    def _end_scene(self, text: str, final: bool) -> bool:
+        """Scan the current scene's body; False when it needs more text. When `</scene>` is the
+        first tag outside strings, the search for tags goes on from there (tags inside strings
+        are text); otherwise every tag counts and no scene scan looks at this stretch again."""
+        end = self._scan_body(text, final)
+        if end is _PENDING:
+            return False
+        self._scene = None
+        if end is None:
+            self._scanned_until = len(text)
+        elif end.group(1) and end.group(2).lower() == "scene":  # type: ignore[union-attr]
+            self._pos = end.start()  # type: ignore[union-attr]
+        else:
+            self._scanned_until = end.start()  # type: ignore[union-attr]
+        return True
 
     def _scan_body(self, text: str, final: bool) -> object:
         """The first tag outside strings in the scene body (a match), None when there is none
@@ -281,7 +302,7 @@ def _partial_tag_length(text: str) -> int:
 # -------------------------------------------------------------------------------------- sections
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Section:
     name: str
     content: str
@@ -563,13 +584,14 @@ class _SceneCache:
 
 def _scene(found: list[_Section], notes: _Notes, cache: _SceneCache) -> SceneGraph:
     """The first complete <scene> (the first at all when none closed); when it has no objects,
-    a later complete one that has some. At most MAX_REPAIR_CHARS are repaired in all."""
+    one of the next complete ones that has some. At most MAX_REPAIR_CHARS are repaired in all."""
     first = _first_complete(found)
     if first is None:
         notes.add("missing <scene>")
         return SceneGraph()
     _note_section(first, len(found), notes)
-    candidates = [first] + [s for s in found if s.opened and s.closed and s is not first]
+    later = (s for s in found if s.opened and s.closed and s is not first)
+    candidates = [first, *itertools.islice(later, MAX_SCENE_CANDIDATES - 1)]
     budget = MAX_REPAIR_CHARS
     fallback: _SceneResult | None = None
     for section in candidates:
@@ -608,7 +630,7 @@ def _clean_answer(text: str) -> str:
     """One line, without the braces of the prompt's `({correct_option}) {correct_answer}`
     (removed by the reference evaluation too) and without Markdown or quotes around it."""
     if "{" in text or "}" in text:
-        text = text.replace("{", " ").replace("}", " ")
+        text = text.replace("{", "").replace("}", "")
     return " ".join(text.split()).strip(_ANSWER_WRAPPERS)
 
 
