@@ -108,8 +108,10 @@ def test_every_split_of_real_outputs_gives_parse_output(text, choices, scene_par
         assert final == expected, chunks
         # Exactly once, at the chunk completing `</scene>`, and never parsed again.
         ((index, graph),) = returned
-        assert sum(len(c) for c in chunks[:index]) < close_end <= sum(
-            len(c) for c in chunks[: index + 1]
+        assert (
+            sum(len(c) for c in chunks[:index])
+            < close_end
+            <= sum(len(c) for c in chunks[: index + 1])
         )
         assert graph == parser.scene_graph
         assert scene_parses == [content]

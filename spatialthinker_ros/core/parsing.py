@@ -74,9 +74,7 @@ _ANSWER_CLOSE_RE = re.compile(rf"<{_S}/{_S}answer{_S}>", _TAG_FLAGS)
 _THINK_OR_ANSWER_OPEN_RE = re.compile(rf"<{_S}(?:think|answer){_S}>", _TAG_FLAGS)
 # The start of a tag cut off at the end of the text (`</ans`, `<`).
 _NAME_PREFIXES = sorted({n[:i] for n in SECTIONS for i in range(1, len(n) + 1)}, key=len)[::-1]
-_PARTIAL_TAG_RE = re.compile(
-    rf"<{_S}(?:/{_S})?(?:(?:{'|'.join(_NAME_PREFIXES)}){_S})?", _TAG_FLAGS
-)
+_PARTIAL_TAG_RE = re.compile(rf"<{_S}(?:/{_S})?(?:(?:{'|'.join(_NAME_PREFIXES)}){_S})?", _TAG_FLAGS)
 # The rest of a one-line JSON string after its opening quote (possessive: never backtracks).
 _STRING_REST_RE = re.compile(r'(?:[^"\\\n]++|\\.)*+')
 

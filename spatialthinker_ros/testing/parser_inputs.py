@@ -35,11 +35,15 @@ def _objects(size: int, broken: bool = False, relations: bool = False) -> str:
     )
     links = ""
     if relations:
-        links = ', "relationships": [' + ", ".join(
-            f'{{"subject": "obj.{i % count}", "predicate": "left of", '
-            f'"object": "obj.{(i + 1) % count}"}}'
-            for i in range(size // 150)
-        ) + "]"
+        links = (
+            ', "relationships": ['
+            + ", ".join(
+                f'{{"subject": "obj.{i % count}", "predicate": "left of", '
+                f'"object": "obj.{(i + 1) % count}"}}'
+                for i in range(size // 150)
+            )
+            + "]"
+        )
     return f'<scene>{{"objects": [{objects}]{links}}}{OUTRO}'
 
 
