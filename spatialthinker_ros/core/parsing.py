@@ -68,7 +68,10 @@ _S = r"\s{0,16}"
 _NAMES = "|".join(SECTIONS)
 MAX_TAG_CHARS = 64  # >= len("<" + 16 blanks + "/" + 16 + "observe" + 16 + ">") = 58
 _TAG_FLAGS = re.IGNORECASE | re.ASCII
-_TAG_RE = re.compile(rf"<{_S}(?:(/){_S})?({_NAMES}){_S}>", _TAG_FLAGS)
+# What may follow `<` in a tag, and what may not (a cheap first test: most `<` fail it).
+_TAG_START = r"[\s/ostaOSTA]"
+_NOT_TAG_START = r"[^\s/ostaOSTA]"
+_TAG_RE = re.compile(rf"<(?={_TAG_START}){_S}(?:(/){_S})?({_NAMES}){_S}>", _TAG_FLAGS)
 _SCENE_CLOSE_RE = re.compile(rf"<{_S}/{_S}scene{_S}>", _TAG_FLAGS)
 _ANSWER_CLOSE_RE = re.compile(rf"<{_S}/{_S}answer{_S}>", _TAG_FLAGS)
 _THINK_OR_ANSWER_OPEN_RE = re.compile(rf"<{_S}(?:think|answer){_S}>", _TAG_FLAGS)
@@ -87,10 +90,10 @@ def _scene_body_re(final: bool) -> re.Pattern[str]:
     line that has not ended yet, are left for later."""
     tag_rest = rf"{_S}(?:/{_S})?(?:{_NAMES}){_S}>"
     settled = "" if final else rf"(?=[\s\S]{{{MAX_TAG_CHARS - 1}}})"
-    not_a_tag = rf"<{settled}(?!{tag_rest})"
+    not_a_tag = rf"<(?={_NOT_TAG_START})|<{settled}(?!{tag_rest})"
     line_end = r"(?=\n|\Z)" if final else r"(?=\n)"
     return re.compile(
-        rf'(?:[^"<]++|"(?:[^"\\\n]++|\\.)*+"|"[^<\n]*+(?:{not_a_tag}[^<\n]*+)*+{line_end}'
+        rf'(?:[^"<]++|"(?:[^"\\\n]++|\\.)*+"|"[^<\n]*+(?:(?:{not_a_tag})[^<\n]*+)*+{line_end}'
         rf"|{not_a_tag})*+",
         _TAG_FLAGS,
     )
@@ -855,8 +858,11 @@ class StreamParser:
         self._text = ""  # our reference gone, `+=` can grow the string in place
         text += safe_text(delta)
         self._text = text
-        self._marks.update(text)
-        if self._scene_graph is not None or self._broken:
+        # A tag completes with `>` and a quote's line with a newline: without either in the
+        # delta nothing can be decided, and the next scan covers the text skipped here.
+        if ">" in delta:
+            self._marks.update(text)
+        if self._scene_graph is not None or self._broken or not (">" in delta or "\n" in delta):
             return None
         try:
             self._scanner.scan(text, final=False)
