@@ -2,8 +2,8 @@
 with the scene parsed once; the incremental tag scan agrees with the one-shot scan.
 
 Cases per run (derandomized hypothesis): every 2-way split and the 1-char stream of 8 real
-outputs (about 3,900 streams), 1,500 random outputs x random chunkings, 1,500 random texts
-checked prefix by prefix against the one-shot tag scan.
+outputs (3,063 streams), 1,500 random outputs in random chunks, 1,500 random texts checked
+prefix by prefix against the one-shot tag scan.
 """
 
 from __future__ import annotations

@@ -473,14 +473,14 @@ def _parse_objects(raw: object, notes: _Notes) -> tuple[SceneObject, ...]:
         return ()
     # Ids are cleaned before they are compared: two ids that differ only in characters
     # safe_text replaces are the same published id (the first is kept).
-    explicit = {_object_id(item.get("id")) for item in raw if isinstance(item, dict)}
+    ids = [_object_id(item.get("id")) if isinstance(item, dict) else "" for item in raw]
+    explicit = set(ids)
     next_number: dict[str, int] = {}
     objects: dict[str, SceneObject] = {}
-    for item in raw:
+    for item, object_id in zip(raw, ids, strict=True):
         if not isinstance(item, dict):
             notes.add("dropped object that is not a JSON object")
             continue
-        object_id = _object_id(item.get("id"))
         label = item.get("label")
         if not object_id and isinstance(label, str) and _clean(label):
             # Qwen2.5-VL's own grounding shape, {"bbox_2d": [...], "label": "cup"}: `cup.N`.
