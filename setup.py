@@ -31,7 +31,6 @@ setup(
         "torch>=2.4",
         "torchvision>=0.19",  # Qwen2.5-VL's processor needs it (video processor)
         "transformers>=5,<6",
-        "json-repair>=0.30",
         "rosbags>=0.10",
         "mcap>=1.1",  # reads truncated MCAP bags that rosbags cannot open
         "tqdm>=4.60",

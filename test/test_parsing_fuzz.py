@@ -1,7 +1,8 @@
-"""Fuzzing the output parser: it never raises and always returns a sane `Reasoning`.
+"""Fuzzing the output parser: it never raises and always returns a sane `Reasoning`, every string
+of which can be published (strict UTF-8, no NUL).
 
-Generated model outputs per test (counted by `CASES`; measured 2026-11-24 on the 2-core dev
-machine, whole module about 20 s; hypothesis runs exactly `max_examples` for these strategies):
+Generated model outputs per test (counted by `CASES`; on the 2-core dev machine the module takes
+about 36 s of CPU, 2026-11-29; hypothesis runs exactly `max_examples` for these strategies):
 - test_truncation_at_every_position: every prefix of 6 real outputs: 2,730 prefixes, each also
   through `parse_scene_graph` (never invents objects/relations) and `stream_stage` (monotonic)
 - test_tag_soup: 3,000 random mixes of tags, JSON fragments and text
@@ -17,10 +18,13 @@ To explore new ones, set HYPOTHESIS_PROFILE=explore (test/conftest.py): random d
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import random
 from collections import Counter
+from collections.abc import Iterator
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -43,6 +47,7 @@ from spatialthinker_ros.core.parsing import (
     stream_stage,
 )
 from spatialthinker_ros.core.scene import ParseStatus, Reasoning, SceneGraph
+from spatialthinker_ros.core.text import safe_text
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT
 
 # derandomize and the example database come from the conftest profile.
@@ -80,13 +85,33 @@ def check_graph(graph: SceneGraph) -> None:
         assert rel.subject in ids and rel.object in ids and rel.predicate
 
 
+def string_fields(value: object) -> Iterator[str]:
+    """Every str inside a result (dataclasses, tuples, enums' values excluded)."""
+    if isinstance(value, str):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from string_fields(getattr(value, field.name))
+    elif isinstance(value, (tuple, list)) and not isinstance(value, enum.Enum):
+        for item in value:
+            yield from string_fields(item)
+
+
+def assert_publishable(result: object) -> None:
+    """Every string serialises as UTF-8 (a ROS string, JSONL, a bag) and holds no NUL."""
+    for text in string_fields(result):
+        text.encode("utf-8")  # strict: raises on a lone surrogate
+        assert "\x00" not in text, text
+
+
 def check(name: str, text: str, choices=None) -> Reasoning:
     """Parse `text` and assert every invariant of the result."""
     CASES[name] += 1
     r = parse_output(text, choices)
     assert isinstance(r, Reasoning)
     assert isinstance(r.status, ParseStatus)
-    assert r.raw is text
+    assert r.raw == safe_text(text)
+    assert_publishable(r)
     assert not r.message.startswith("parser error"), r.message  # no internal exception
     check_graph(r.scene_graph)
     has_answer = bool(r.answer.option or r.answer.text)
@@ -98,9 +123,9 @@ def check(name: str, text: str, choices=None) -> Reasoning:
         assert len(r.answer.option) == 1 and "A" <= r.answer.option <= "Z"
         if choices:
             assert ord(r.answer.option) - 65 < len(choices)
-            assert r.answer.matched_choice == choices[ord(r.answer.option) - 65]
+            assert r.answer.matched_choice == safe_text(choices[ord(r.answer.option) - 65])
     if r.answer.matched_choice:
-        assert choices and r.answer.matched_choice in choices
+        assert choices and r.answer.matched_choice in [safe_text(c) for c in choices]
     return r
 
 
@@ -287,7 +312,8 @@ def test_unicode_sections(observe, object_id, predicate, think, tail):
     r = check("unicode", text, MUG_CHOICES)
     # The scene JSON survives anything in its strings (tags, fences, quotes); only a tag in the
     # prose before it (`<observe><scene>...`) can change which span is the scene.
-    object_id, predicate = object_id.strip(), predicate.strip()
+    # Published strings are cleaned (safe_text) before they are stripped.
+    object_id, predicate = safe_text(object_id).strip(), safe_text(predicate).strip()
     ids = [o.id for o in r.scene_graph.objects]
     relations = [(x.subject, x.predicate, x.object) for x in r.scene_graph.relations]
     if "<" not in observe and object_id and object_id != "b.1":
@@ -299,7 +325,8 @@ def test_unicode_sections(observe, object_id, predicate, think, tail):
     tagged = any(t in s.lower() for s in (observe, think, tail) for t in ("<", "answer"))
     if not tagged:
         assert r.answer.option == "B" and r.answer.matched_choice == "behind"
-        assert r.observation == observe.strip() and r.thought == think.strip()
+        assert r.observation == safe_text(observe).strip()
+        assert r.thought == safe_text(think).strip()
 
 
 @settings(
