@@ -488,8 +488,8 @@ def _check_file_output(flag: str, path: Path) -> None:
     if not path.exists():
         _check_creatable(flag, path)
         return
-    try:  # opened for append, so nothing is lost if a later check fails
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    try:  # opened for append (nothing lost if a later check fails), never blocking on a FIFO
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
     except OSError as exc:
         raise ReplayError(f"{flag} {path}: cannot write: {exc.strerror}") from exc
 
@@ -554,8 +554,8 @@ class JsonlSink:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
             raise ReplayError(f"cannot open --jsonl {path}: {exc.strerror}") from exc
