@@ -225,8 +225,8 @@ def test_jsonl_write_failure_stops_cleanly(fitted_model_dir, tmp_path):
     assert len(out["/spatialthinker/answer"]) == 1  # written before its JSONL line failed
 
 
-def _small_disk_runner(tmp: Path) -> list[str]:
-    """A command prefix that runs its command with an 8 KiB tmpfs mounted on tmp/disk (a disk
+def _small_disk_runner(tmp: Path, size: str) -> list[str]:
+    """A command prefix that runs its command with a tmpfs of `size` mounted on tmp/disk (a disk
     that fills up), in a mount namespace of its own, copying the disk's files to tmp/kept
     afterwards; skips where mount namespaces are not allowed."""
     disk, kept = tmp / "disk", tmp / "kept"
@@ -235,7 +235,8 @@ def _small_disk_runner(tmp: Path) -> list[str]:
     unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
     d, k = shlex.quote(str(disk)), shlex.quote(str(kept))
     script = (
-        f'mount -t tmpfs -o size=8k none {d} || exit 99; "$@"; rc=$?; cp -R {d}/. {k}/; exit $rc'
+        f"mount -t tmpfs -o size={size} none {d} || exit 99; "
+        f'"$@"; rc=$?; cp -R {d}/. {k}/; exit $rc'
     )
     runner = [*unshare, "sh", "-c", script, "sh"]
     if subprocess.run([*runner, "true"], capture_output=True).returncode != 0:
@@ -243,11 +244,12 @@ def _small_disk_runner(tmp: Path) -> list[str]:
     return runner
 
 
-@pytest.mark.parametrize("output", ["jsonl", "frames"])
-def test_disk_full_mid_run_stops_cleanly(fitted_model_dir, tmp_path, output):
-    """The JSONL or the frames directory on a disk that fills up after a few frames: exit 1,
-    one-line error, the bag closed and readable, the JSONL only whole lines, only whole PNGs."""
-    runner = _small_disk_runner(tmp_path)
+@pytest.mark.parametrize("output,size", [("jsonl", "4k"), ("frames", "8k")])
+def test_disk_full_mid_run_stops_cleanly(fitted_model_dir, tmp_path, output, size):
+    """The JSONL (~1.5 KB a line) or the frames (~6.4 KB a PNG) on a disk that fills up after a
+    frame or two, the last write cut short: exit 1, one-line error, the bag closed and readable,
+    the JSONL only whole lines, only whole PNGs."""
+    runner = _small_disk_runner(tmp_path, size)
     disk = tmp_path / "disk"
     bag = write_sample_bag(tmp_path / "in", frames=8)
     extra = (
