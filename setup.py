@@ -33,6 +33,8 @@ setup(
         "transformers>=5,<6",
         "rosbags>=0.10",
         "mcap>=1.1",  # reads truncated MCAP bags that rosbags cannot open
+        "zstandard>=0.20",  # rosbag2's zstd (per message, per chunk, whole file); mcap needs it too
+        "lz4>=4",  # lz4 MCAP chunks (mcap needs it too)
         "tqdm>=4.60",
     ],
     extras_require={

@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from mcap import records as mcap_records
-from mcap.stream_reader import StreamReader
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from tqdm import tqdm
 
-from .arguments import engine_config_from_args
+from .arguments import engine_config_from_args, fail
+from .bag_io import (
+    CAMERA_INFO,
+    COMPRESSED,
+    IMAGE,
+    BagInput,
+    OutputError,
+    OutputPaths,
+    ReplayError,
+    ReplayOutputs,
+    check_outputs,
+    open_bag,
+    topic_roles,
+)
 from .bag_types import BagMessages, make_typestore
 from .core.depth import AlignedDepth
 from .core.engine import EngineError, Result, SpatialThinkerEngine
@@ -33,16 +43,9 @@ from .core.serialize import result_to_dict
 from .core.status import AnswerStatus
 from .core.text import one_line
 
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED = "sensor_msgs/msg/CompressedImage"
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 SCENE_GRAPH = "spatialthinker_ros/msg/SceneGraph"
 ANSWER = "spatialthinker_ros/msg/SpatialAnswer"
 MARKERS = "visualization_msgs/msg/MarkerArray"
-
-
-class ReplayError(RuntimeError):
-    """A problem with the input or output bag, with a message for the user."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ class ReplayConfig:
     depth_tolerance_s: float = 0.05
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.max_frames < 0:
+            raise ReplayError(
+                f"every must be >= 1 and max_frames >= 0 (0: all), got "
+                f"{self.every} and {self.max_frames}"
+            )
+        if not (math.isfinite(self.rate_hz) and self.rate_hz >= 0):
+            raise ReplayError(f"rate_hz must be >= 0 (0: off), got {self.rate_hz}")
+        if not (math.isfinite(self.depth_tolerance_s) and self.depth_tolerance_s >= 0):
+            raise ReplayError(f"depth_tolerance_s must be >= 0, got {self.depth_tolerance_s}")
+
 
 @dataclass
 class ReplaySummary:
@@ -74,6 +88,7 @@ class ReplaySummary:
     positions: int = 0
     stopped_early: str = ""  # why the input ended before its end ("" when read to the end)
     interrupted: bool = False
+    output_error: str = ""  # why writing an output failed mid-run (the run stopped there)
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -88,97 +103,29 @@ class ReplaySummary:
             text += f"; input stopped early: {self.stopped_early}"
         if self.interrupted:
             text += "; interrupted (output bag closed cleanly)"
+        if self.output_error:
+            text += "; stopped: an output could not be written (output bag closed cleanly)"
         return text
 
 
-@dataclass(frozen=True)
-class _Topic:
-    name: str
-    msgtype: str
-    count: int  # -1 when unknown (a truncated MCAP has no summary)
+@dataclass
+class ReplayInput:
+    """The opened input bag and each wanted topic's role, checked with the output paths."""
+
+    bag: BagInput
+    roles: dict[str, str]  # topic -> "image" | "depth" | "info"
 
 
-class _RosbagsSource:
-    """rosbags' reader (MCAP and sqlite3 bags with intact metadata)."""
-
-    def __init__(self, path: Path):
-        self.reader = Reader(path)
-        self.reader.open()
-        self.topics = {
-            c.topic: _Topic(c.topic, c.msgtype, c.msgcount) for c in self.reader.connections
-        }
-
-    def messages(self, topics: set[str]) -> Iterator[tuple[str, str, int, bytes]]:
-        wanted = [c for c in self.reader.connections if c.topic in topics]
-        for conn, bag_ns, raw in self.reader.messages(connections=wanted):
-            yield conn.topic, conn.msgtype, bag_ns, raw
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-class _McapStreamSource:
-    """A truncated MCAP (e.g. the recorder died): rosbags needs the footer, so read the records
-    in order with the mcap library until the data ends."""
-
-    def __init__(self, path: Path):
-        files = sorted(Path(path).glob("*.mcap")) if Path(path).is_dir() else [Path(path)]
-        if not files:
-            raise ReplayError(f"no .mcap file in {path}")
-        self.file = files[0]
-        counts: dict[int, int] = {}
-        channels: dict[int, tuple[str, str]] = {}
-        try:
-            for kind, channel_id, topic, msgtype, *_ in self._records():
-                if kind == "channel":
-                    channels[channel_id] = (topic, msgtype)
-                else:
-                    counts[channel_id] = counts.get(channel_id, 0) + 1
-        except Exception:  # noqa: BLE001 - the scan stops where the file stops
-            pass
-        self.topics = {t: _Topic(t, m, counts.get(i, 0)) for i, (t, m) in channels.items()}
-
-    def _records(self):
-        schemas: dict[int, str] = {}
-        with open(self.file, "rb") as f:
-            for record in StreamReader(f, emit_chunks=False).records:
-                if isinstance(record, mcap_records.Schema):
-                    schemas[record.id] = record.name
-                elif isinstance(record, mcap_records.Channel):
-                    yield (
-                        "channel",
-                        record.id,
-                        record.topic,
-                        schemas.get(record.schema_id, ""),
-                        0,
-                        b"",
-                    )
-                elif isinstance(record, mcap_records.Message):
-                    yield "message", record.channel_id, "", "", record.log_time, record.data
-
-    def messages(self, topics: set[str]) -> Iterator[tuple[str, str, int, bytes]]:
-        channels: dict[int, tuple[str, str]] = {}
-        for kind, channel_id, topic, msgtype, log_time, data in self._records():
-            if kind == "channel":
-                channels[channel_id] = (topic, msgtype)
-            elif channels.get(channel_id, ("", ""))[0] in topics:
-                topic, msgtype = channels[channel_id]
-                yield topic, msgtype, log_time, data
-
-    def close(self) -> None:
-        pass
-
-
-def _open_source(path: Path):
+def prepare_replay(config: ReplayConfig) -> ReplayInput:
+    """Open the input, check its topics and every output path: all before a model loads."""
+    bag = open_bag(config.in_bag)
     try:
-        return _RosbagsSource(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable input is the user's to fix
-        is_mcap = Path(path).is_dir() and any(Path(path).glob("*.mcap"))
-        if is_mcap:
-            source = _McapStreamSource(path)
-            if source.topics:
-                return source
-        raise ReplayError(f"cannot open bag {path}: {exc}") from exc
+        roles = topic_roles(bag, config.image_topic, config.depth_topic, config.camera_info_topic)
+        check_outputs(bag, OutputPaths(config.out_bag, config.jsonl, config.save_frames))
+    except BaseException:
+        bag.close()
+        raise
+    return ReplayInput(bag, roles)
 
 
 @dataclass
@@ -209,65 +156,40 @@ class _Replayer:
         self.selected = 0
 
     # --- input -------------------------------------------------------------------------------
-    def run(self) -> ReplaySummary:
+    def run(self, prepared: ReplayInput | None = None) -> ReplaySummary:
         c = self.config
         t0 = time.perf_counter()
-        source = _open_source(c.in_bag)
+        prepared = prepared or prepare_replay(c)
+        bag = prepared.bag
         try:
-            roles = self._roles(source.topics)
-            storage = c.storage or ("mcap" if self._is_mcap(c.in_bag) else "sqlite3")
-            total = source.topics[c.image_topic].count
-            plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-            if c.out_bag.exists():
-                raise ReplayError(f"output {c.out_bag} exists")
-            with Writer(c.out_bag, version=9, storage_plugin=plugin) as writer, self._jsonl() as js:
-                self.writer, self.jsonl = writer, js
-                self.out_conns: dict[str, object] = {}
-                bar = tqdm(
-                    total=total,
-                    unit="img",
-                    disable=not (c.progress and sys.stderr.isatty()),
-                    desc="replay",
-                )
-                try:
-                    self._read(source, roles, bar)
-                except KeyboardInterrupt:
-                    self.summary.interrupted = True
-                finally:
-                    bar.close()
+            storage = c.storage or bag.storage  # the input's storage unless asked
+            outputs = ReplayOutputs(
+                OutputPaths(c.out_bag, c.jsonl, c.save_frames), storage, self.store
+            )
+            total = bag.topics[c.image_topic].count
+            bar = tqdm(
+                total=total if total >= 0 else None,
+                unit="img",
+                disable=not (c.progress and sys.stderr.isatty()),
+                desc="replay",
+            )
+            try:
+                with outputs:
+                    self.writer, self.jsonl = outputs.bag, outputs.jsonl
+                    self.frames = outputs.frames
+                    self._read(bag, prepared.roles, bar)
+            except KeyboardInterrupt:
+                self.summary.interrupted = True
+            except OutputError as exc:
+                self.summary.output_error = str(exc)
+            finally:
+                bar.close()
         finally:
-            source.close()
+            bag.close()
         self.summary.elapsed_s = time.perf_counter() - t0
         return self.summary
 
-    @staticmethod
-    def _is_mcap(path: Path) -> bool:
-        return any(p.suffix == ".mcap" for p in Path(path).glob("*"))
-
-    def _roles(self, topics: dict[str, _Topic]) -> dict[str, str]:
-        """topic -> "image" | "depth" | "info"; each topic must exist with a known type."""
-        c = self.config
-        names = sorted(topics)
-        existing = ", ".join(f"{n} ({topics[n].msgtype})" for n in names)
-        roles = {}
-        for role, topic, types in (
-            ("image", c.image_topic, (IMAGE, COMPRESSED)),
-            ("depth", c.depth_topic, (IMAGE,)),
-            ("info", c.camera_info_topic, (CAMERA_INFO,)),
-        ):
-            if not topic:
-                continue
-            if topic not in topics:
-                raise ReplayError(f"topic {topic} is not in {c.in_bag}; it has: {existing}")
-            if topics[topic].msgtype not in types:
-                raise ReplayError(
-                    f"topic {topic} has type {topics[topic].msgtype}, expected one of "
-                    + ", ".join(types)
-                )
-            roles[topic] = role
-        return roles
-
-    def _read(self, source, roles: dict[str, str], bar) -> None:
+    def _read(self, source: BagInput, roles: dict[str, str], bar) -> None:
         tolerance_ns = int(self.config.depth_tolerance_s * 1e9)
         last_ns, count = 0, 0
         try:
@@ -290,7 +212,7 @@ class _Replayer:
                     self._answer(self.pending.popleft())
                 if self._done():
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, OutputError):
             raise
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt input: keep what we have
             self.summary.stopped_early = (
@@ -318,13 +240,6 @@ class _Replayer:
         c = self.config
         reached = c.max_frames and self.summary.frames_answered >= c.max_frames
         return bool(reached and (flushing or not self.pending))
-
-    def _jsonl(self):
-        import contextlib
-
-        if self.config.jsonl is None:
-            return contextlib.nullcontext(None)
-        return open(self.config.jsonl, "w", encoding="utf-8")  # noqa: SIM115
 
     # --- one frame ---------------------------------------------------------------------------
     def _answer(self, frame: _Frame) -> None:
@@ -387,11 +302,8 @@ class _Replayer:
         c = self.config
         annotated = outputs.annotate(rgb, scene, result)
         self._write(f"{c.prefix}/debug_image", IMAGE, frame.bag_ns, outputs.debug_image(annotated))
-        if c.save_frames is not None:
-            from PIL import Image
-
-            c.save_frames.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(annotated).save(c.save_frames / f"{frame.stamp_ns}.png")
+        if self.frames is not None:
+            self.frames.save(annotated, frame.stamp_ns)
 
     def _to_rgb(self, frame: _Frame) -> np.ndarray:
         m = frame.msg
@@ -410,11 +322,8 @@ class _Replayer:
         return AlignedDepth(depth.msg, self.camera_info, (rgb.shape[1], rgb.shape[0]))
 
     def _write(self, topic: str, msgtype: str, bag_ns: int, msg=None, raw: bytes | None = None):
-        key = (topic, msgtype)
-        if key not in self.out_conns:
-            self.out_conns[key] = self.writer.add_connection(topic, msgtype, typestore=self.store)
         data = raw if raw is not None else self.store.serialize_cdr(msg, msgtype)
-        self.writer.write(self.out_conns[key], bag_ns, data)
+        self.writer.write(topic, msgtype, bag_ns, data)
 
     def _warn(self, text: str) -> None:
         if text not in self.summary.warnings:
@@ -422,13 +331,34 @@ class _Replayer:
         self.summary.warnings.append(text)
 
 
-def run_replay(config: ReplayConfig, engine: SpatialThinkerEngine) -> ReplaySummary:
-    """Replay `config.in_bag` through a loaded engine; the output bag is always closed."""
-    return _Replayer(config, engine).run()
+def run_replay(
+    config: ReplayConfig, engine: SpatialThinkerEngine, prepared: ReplayInput | None = None
+) -> ReplaySummary:
+    """Replay `config.in_bag` through a loaded engine; the output bag is always closed.
+    `prepared` (from `prepare_replay`) is used and closed; without it the checks run here."""
+    return _Replayer(config, engine).run(prepared)
+
+
+def _at_least(minimum: float, kind: type, meaning: str = ""):
+    """An argparse type: a finite number of `kind` >= `minimum`."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}{meaning}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("in_bag", type=Path, help="rosbag2 directory (MCAP or sqlite3)")
+    parser.add_argument(
+        "in_bag", type=Path, help="rosbag2 directory or bare .mcap/.db3 file (MCAP or sqlite3)"
+    )
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage")
     parser.add_argument("--depth-topic", default="", help="aligned depth (16UC1 mm or 32FC1 m)")
     parser.add_argument("--camera-info-topic", default="")
@@ -441,11 +371,17 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--choices", nargs="+", default=[], metavar="CHOICE")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--every", type=int, default=1, metavar="N", help="answer every Nth image")
     pace.add_argument(
-        "--rate", type=float, default=0.0, metavar="HZ", help="at most HZ per bag second"
+        "--every", type=_at_least(1, int), default=1, metavar="N", help="answer every Nth image"
     )
-    parser.add_argument("--max-frames", type=int, default=0, metavar="N")
+    pace.add_argument(
+        "--rate",
+        type=_at_least(0, float, " (0: off)"),
+        default=0.0,
+        metavar="HZ",
+        help="at most HZ per bag second",
+    )
+    parser.add_argument("--max-frames", type=_at_least(0, int, " (0: all)"), default=0, metavar="N")
     parser.add_argument("--out", type=Path, required=True, help="output bag directory")
     parser.add_argument(
         "--storage", choices=["mcap", "sqlite3"], default="", help="default: input's"
@@ -457,31 +393,41 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def replay_main(args: argparse.Namespace) -> int:
-    config = ReplayConfig(
-        in_bag=args.in_bag,
-        out_bag=args.out,
-        image_topic=args.image_topic,
-        questions=tuple(args.questions),
-        choices=tuple(args.choices),
-        depth_topic=args.depth_topic,
-        camera_info_topic=args.camera_info_topic,
-        every=max(1, args.every),
-        rate_hz=args.rate,
-        max_frames=args.max_frames,
-        storage=args.storage,
-        prefix=args.prefix.rstrip("/"),
-        jsonl=args.jsonl,
-        save_frames=args.save_frames,
-        progress=not args.quiet,
-    )
-    engine = SpatialThinkerEngine(engine_config_from_args(args))
-    engine.load()
-    try:
-        summary = run_replay(config, engine)
+    try:  # preflight: input, topics, output paths; then the model; then the run
+        config = ReplayConfig(
+            in_bag=args.in_bag,
+            out_bag=args.out,
+            image_topic=args.image_topic,
+            questions=tuple(args.questions),
+            choices=tuple(args.choices),
+            depth_topic=args.depth_topic,
+            camera_info_topic=args.camera_info_topic,
+            every=args.every,
+            rate_hz=args.rate,
+            max_frames=args.max_frames,
+            storage=args.storage,
+            prefix=args.prefix.rstrip("/"),
+            jsonl=args.jsonl,
+            save_frames=args.save_frames,
+            progress=not args.quiet,
+        )
+        prepared = prepare_replay(config)
     except ReplayError as exc:
-        print(f"spatialthinker-ros: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
+    try:
+        engine = SpatialThinkerEngine(engine_config_from_args(args))
+        engine.load()
+    except BaseException:
+        prepared.bag.close()
+        raise
+    try:
+        summary = run_replay(config, engine, prepared)
+    except ReplayError as exc:
+        return fail(exc)
     print(f"{summary.describe()}\noutput bag: {args.out}")
+    if summary.output_error:
+        fail(summary.output_error)
+        return 1
     if summary.interrupted:
         return 130
     return 1 if summary.stopped_early else 0

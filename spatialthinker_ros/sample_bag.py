@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
 from .bag_types import make_typestore, new_message
 
@@ -22,6 +23,13 @@ FRAME_ID = "camera_color_optical_frame"
 WIDTH, HEIGHT = 640, 480
 FX = FY = 525.0
 START_NS = 1_700_000_000 * 10**9
+# rosbag2's zstd modes: each message, each MCAP chunk ("storage"), or the whole file (.zstd).
+COMPRESSION = {
+    "none": CompressionMode.NONE,
+    "message": CompressionMode.MESSAGE,
+    "storage": CompressionMode.STORAGE,
+    "file": CompressionMode.FILE,
+}
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,18 @@ def render_frame(index: int) -> SampleFrame:
     return SampleFrame(rgb, depth, START_NS + index * 100_000_000)
 
 
-def write_sample_bag(out: Path, frames: int = 5, storage: str = "mcap") -> Path:
+def write_sample_bag(
+    out: Path, frames: int = 5, storage: str = "mcap", compression: str = "none"
+) -> Path:
     """Write the bag (the directory must not exist) and return its path."""
     store = make_typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    with Writer(out, version=9, storage_plugin=plugin) as writer:
+    if compression == "storage" and storage != "mcap":
+        raise ValueError("storage (chunk) compression needs MCAP")
+    writer = Writer(out, version=9, storage_plugin=plugin)
+    if compression != "none":
+        writer.set_compression(COMPRESSION[compression], CompressionFormat.ZSTD)
+    with writer:
         conns = {
             IMAGE_TOPIC: writer.add_connection(
                 IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store
@@ -123,12 +138,18 @@ def add_make_sample_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output bag directory (must not exist)")
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument(
+        "--compression", choices=list(COMPRESSION), default="none", help="zstd, as rosbag2 does"
+    )
 
 
 def make_sample_bag_main(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise SystemExit(f"spatialthinker-ros: error: {args.out} exists")
-    write_sample_bag(args.out, args.frames, args.storage)
+    try:
+        write_sample_bag(args.out, args.frames, args.storage, args.compression)
+    except ValueError as exc:
+        raise SystemExit(f"spatialthinker-ros: error: {exc}") from None
     print(
         f"wrote {args.frames} frames to {args.out} ({args.storage}): "
         f"{IMAGE_TOPIC} (rgb8), {DEPTH_TOPIC} (16UC1), {CAMERA_INFO_TOPIC}"

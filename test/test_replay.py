@@ -385,3 +385,5 @@ def test_ctrl_c_closes_the_output_bag(fitted_model_dir, tmp_path):
     assert "interrupted (output bag closed cleanly)" in stdout
     answered = len(read_bag(tmp_path / "out")["/spatialthinker/answer"])
     assert 2 <= answered < 40
+    text = jsonl.read_text()  # JSONL lines are written whole: every line is valid JSON
+    assert text.endswith("\n") and len([json.loads(line) for line in text.splitlines()]) >= 2
