@@ -22,6 +22,7 @@ from ..core.outputs import AnswerOutputs, Request
 from ..core.scene import SceneGraph
 from ..core.status import AnswerStatus
 from ..core.text import one_line
+from ..core.types import InvalidQuestion
 from .conversions import image_msg_to_rgb, rclpy_message
 from .diagnostics import ServingStats
 from .frames import Frame
@@ -175,6 +176,8 @@ class Answerer:
                 f"{job.timeout_s:g} s"
         elif reason is StopReason.CANCELED:
             status, message = AnswerStatus.CANCELED, "canceled while the model was generating"
+        elif isinstance(exc, InvalidQuestion):  # the engine's own check (same rule as admission)
+            status, message = AnswerStatus.INVALID_REQUEST, one_line(exc)
         else:
             status, message = AnswerStatus.INFERENCE_ERROR, one_line(str(exc) or
                                                                      type(exc).__name__)

@@ -25,6 +25,7 @@ MultiThreadedExecutor of at least `recommended_executor_threads()` threads (`mai
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -39,7 +40,7 @@ from std_msgs.msg import String
 from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
 
 from ..core.engine import SpatialThinkerEngine
-from ..core.options import EngineConfig
+from ..core.options import ENGINE_OPTIONS, EngineConfig
 from ..core.text import one_line
 from ..core.types import Result
 from . import topics
@@ -260,6 +261,7 @@ class SpatialThinkerNode(LifecycleNode):
         settings = NodeSettings.from_values(merged)
         old, self._values, self._settings = self._settings, merged, settings
         self.answerer.settings = settings
+        self._apply_runtime_engine_options(settings)
         self.worker.max_queue = settings.max_queue
         if {"standing_question", "standing_choices"} & changes.keys():
             self.standing.set_from_params(settings,
@@ -267,6 +269,16 @@ class SpatialThinkerNode(LifecycleNode):
         if old.rate_hz != settings.rate_hz and self.requests.active:
             self.standing.start()
         return SetParametersResult(successful=True)
+
+    def _apply_runtime_engine_options(self, settings: NodeSettings) -> None:
+        """Engine options that may change while the node runs (max_question_chars,
+        max_image_pixels, timeout_s) reach the loaded engine, which reads its config per call."""
+        engine = self._engine
+        if engine is None:
+            return
+        runtime = {o.name: getattr(settings.engine, o.name)
+                   for o in ENGINE_OPTIONS if o.node and not o.read_only}
+        engine.config = replace(engine.config, **runtime)
 
     # ------------------------------------------------------------------ the worker
 
