@@ -56,6 +56,7 @@ from rclpy.expand_topic_name import expand_topic_name
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
@@ -79,6 +80,7 @@ from ..srv import AskSpatial as AskSpatialSrv
 from . import conversions, markers
 from .frames import LatestFrame, StampedHistory
 from .params import NodeSettings, check_question, declare_parameters, validate_values
+from .shutdown import STOP_POLL_S, StopSignals
 from .worker import (
     BusyPolicy,
     FeedbackEvent,
@@ -1048,31 +1050,44 @@ class _FeedbackSender:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point: spin the node on a MultiThreadedExecutor; with `autostart`, configure and
-    activate it first."""
-    rclpy.init(args=args)
+    activate it first. SIGINT/SIGTERM end it through the lifecycle shutdown transition and exit 0
+    (shutdown.py says why rclpy's own signal handlers are not used)."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = SpatialThinkerNode()
+    stop = StopSignals(node.get_logger())
     executor = MultiThreadedExecutor(num_threads=recommended_executor_threads(node.settings))
     executor.add_node(node)
     try:
         if node.settings.autostart:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            stop.interrupt_startup = True  # a signal abandons a model load still running
+            configured = node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            if configured and not stop.requested.is_set():
                 node.trigger_activate()
-            else:
+            elif not configured:
                 node.get_logger().error("autostart: configure failed; the node stays unconfigured")
-        while rclpy.ok():
+            stop.interrupt_startup = False
+        while rclpy.ok() and not stop.requested.is_set():
             try:
-                executor.spin_once(timeout_sec=1.0)
-            except (KeyboardInterrupt, ExternalShutdownException):
+                executor.spin_once(timeout_sec=STOP_POLL_S)
+            except ExternalShutdownException:
                 break
             except Exception as exc:  # noqa: BLE001 - one failed callback must not end the node
                 if not rclpy.ok():
-                    break  # shutting down (SIGINT/SIGTERM)
+                    break
                 node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        stop.interrupt_startup = False
+        logger = node.get_logger()
+        if rclpy.ok():
+            try:  # unconfigured/inactive/active -> finalized; on_shutdown releases everything
+                node.trigger_shutdown()
+            except Exception as exc:  # noqa: BLE001 - mid-transition: destroy_node releases
+                logger.warning(f"lifecycle shutdown skipped: {exc}")
         executor.shutdown()
         node.destroy_node()
+        logger.info("shut down cleanly")
         rclpy.try_shutdown()
 
 
