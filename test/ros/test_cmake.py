@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def cmake_configure(build: Path, *args: str) -> subprocess.CompletedProcess:
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
-    if not (Path(sys.prefix) / "share" / "ament_cmake" ).is_dir():
+    if not (Path(sys.prefix) / "share" / "ament_cmake").is_dir():
         pytest.skip(f"{sys.prefix} lacks the ROS 2 wheels (ament_cmake)")
-    prefixes = os.environ.get("AMENT_PREFIX_PATH", "")
-    env = {**os.environ, "AMENT_PREFIX_PATH": os.pathsep.join(p for p in (sys.prefix, prefixes) if p)}
+    prefixes = [sys.prefix, *filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(":"))]
+    env = {**os.environ, "AMENT_PREFIX_PATH": os.pathsep.join(prefixes)}
     return subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={sys.prefix}",
          f"-DPython3_EXECUTABLE={sys.executable}", "-DPython3_FIND_VIRTUALENV=ONLY", *args],
