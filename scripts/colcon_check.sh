@@ -28,8 +28,7 @@ cd "$WS"
 export AMENT_PREFIX_PATH=$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}
 export PYTHONDONTWRITEBYTECODE=1
 # --cmake-clean-cache: a cache configured before ament_cmake_pytest was installed keeps it missing.
-"$PY" -m colcon build --packages-select spatialthinker_ros --cmake-clean-cache \
-  --event-handlers console_cohesion+ status- \
+"$PY" -m colcon build --cmake-clean-cache \
   --cmake-args -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON -DCMAKE_PREFIX_PATH="$VENV" \
   -DPython3_EXECUTABLE="$PY" -DPython3_FIND_VIRTUALENV=ONLY \
   -DCMAKE_INSTALL_RPATH='$ORIGIN;$ORIGIN/../../..'
@@ -42,7 +41,7 @@ export HF_HUB_OFFLINE=1 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 NS=(unshare -n)
 [ "$(id -u)" = 0 ] || NS=(unshare -rn)
 "${NS[@]}" sh -c 'ip link set lo up && exec "$@"' sh \
-  "$PY" -m colcon test --packages-select spatialthinker_ros --event-handlers console_direct+ \
+  "$PY" -m colcon test --event-handlers console_direct+ \
   --ctest-args -R "$TESTS"
 "$PY" -m colcon test-result --verbose --test-result-base "$WS/build/spatialthinker_ros" \
   | tee "$WS/test-result.txt"

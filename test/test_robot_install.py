@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +43,14 @@ UNDECLARED_KEYS = {"python3-torch", "python3-torchvision", "python3-transformers
 def robot_requirements() -> dict[str, Requirement]:
     lines = [line.split("#", 1)[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
     requirements = [Requirement(line) for line in lines if line]
-    return {r.name.lower(): r for r in requirements}
+    return {canonicalize_name(r.name): r for r in requirements}
 
 
 def setup_install_requires() -> dict[str, Requirement]:
     tree = ast.parse((ROOT / "setup.py").read_text())
     (value,) = [k.value for n in ast.walk(tree) if isinstance(n, ast.Call)
                 for k in n.keywords if k.arg == "install_requires"]
-    return {r.name.lower(): r for r in map(Requirement, ast.literal_eval(value))}
+    return {canonicalize_name(r.name): r for r in map(Requirement, ast.literal_eval(value))}
 
 
 def test_robot_requirements_are_setup_py_with_numpy_below_2() -> None:
@@ -89,7 +90,7 @@ def test_robot_requirements_resolve_for_the_distro_python(distro: str) -> None:
         pytest.skip(f"no {report_path}: scripts/check_robot_install.sh (run by scripts/setup.sh, "
                     "needs PyPI) has not run here")
     report = json.loads(report_path.read_text())
-    resolved = {i["metadata"]["name"].lower(): Version(i["metadata"]["version"])
+    resolved = {canonicalize_name(i["metadata"]["name"]): Version(i["metadata"]["version"])
                 for i in report["install"]}
     for name, requirement in robot_requirements().items():
         assert name in resolved, f"{name} not resolved for {distro}"
