@@ -21,11 +21,19 @@ WS=$(cd "$WS" && pwd)
 ln -sfn "$ROOT" "$WS/src/spatialthinker_ros"
 # colcon stops at a package's folder; these keep any crawl of the repository out of them anyway.
 touch "$VENV/COLCON_IGNORE" "$ROOT/build/COLCON_IGNORE"
-snapshot() { git -C "$ROOT" status --porcelain --ignored --untracked-files=all | sort; }
+# Everything git sees in the checkout (ignored files too), except the workspace itself.
+snapshot() {
+  git -C "$ROOT" status --porcelain --ignored --untracked-files=all \
+    | grep -v -F " ${WS#"$ROOT"/}/" | sort || true
+}
 before=$(snapshot)
 
 cd "$WS"
 export AMENT_PREFIX_PATH=$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}
+# The underlay: the venv's ROS 2 and, where installed, the launch system's composition_interfaces
+# (scripts/ros_env.sh with no interface build, so neither the checkout nor build/ros is on a path).
+# shellcheck source=scripts/ros_env.sh
+ST_ROS_BUILD=$WS/no-build VENV=$VENV . "$ROOT/scripts/ros_env.sh" 2>/dev/null
 export PYTHONDONTWRITEBYTECODE=1
 # --cmake-clean-cache: a cache configured before ament_cmake_pytest was installed keeps it missing.
 "$PY" -m colcon build --cmake-clean-cache \
