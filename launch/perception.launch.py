@@ -38,6 +38,10 @@ ARGUMENTS = (
     ("log_level", "info", "Logging level: debug, info, warn, error, fatal"),
 )
 BOOLEAN_OVERRIDES = ("use_depth", "use_compressed")
+# Seconds launch waits after its SIGINT before escalating to SIGTERM (launch's default is 5): the
+# node's orderly shutdown (cancel the running inference, unload the model, free the GPU) and the
+# interpreter's exit with torch loaded take longer than that on a busy machine.
+SIGTERM_TIMEOUT_S = "30"
 STRING_OVERRIDES = ("model", "device")
 
 
@@ -75,6 +79,7 @@ def _launch_node(context, *_args, **_kwargs):
             ("question", arg("question")),
         ],
         arguments=["--ros-args", "--log-level", arg("log_level")],
+        sigterm_timeout=SIGTERM_TIMEOUT_S,
     )
     return [node]
 

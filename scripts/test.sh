@@ -10,5 +10,5 @@ cd "$ROOT"
 export HF_HUB_OFFLINE=1 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST PYTHONUNBUFFERED=1
 NS=(unshare -n)
 [ "$(id -u)" = 0 ] || NS=(unshare -rn)
-"$VENV/bin/ruff" check .
+"${RUFF:-$VENV/bin/ruff}" check .
 exec "${NS[@]}" sh -c 'ip link set lo up && exec "$@"' sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -1,7 +1,8 @@
 """Shared fixtures: tiny real Qwen2.5-VL model directories built offline.
 
-They are built by the test code itself, once per machine and builder version, under
-build/test-models (git-ignored; a fresh clone builds them again).
+They are built by the test code itself, once per machine and builder version, into
+$SPATIALTHINKER_TEST_MODELS, by default ${XDG_CACHE_HOME:-~/.cache}/spatialthinker_ros/test-models:
+outside the source tree, so a checkout inside a colcon workspace's src/ stays untouched.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+_CACHE_HOME = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 MODEL_CACHE = Path(
-    os.environ.get(
-        "SPATIALTHINKER_TEST_MODELS", Path(__file__).resolve().parents[1] / "build" / "test-models"
-    )
+    os.environ.get("SPATIALTHINKER_TEST_MODELS")
+    or _CACHE_HOME / "spatialthinker_ros" / "test-models"
 )
 
 

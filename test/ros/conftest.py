@@ -5,7 +5,8 @@ At import (before the test modules are collected, since they import generated me
   (SPATIALTHINKER_ROS_BUILD overrides) are (re)built when missing or older than msg/srv/action,
   CMakeLists.txt or package.xml, then their install tree joins sys.path: the repository's source
   modules keep precedence and spatialthinker_ros.ros merges the generated msg/srv/action in;
-- otherwise (colcon test on a ROS install) the environment's spatialthinker_ros is used as is.
+- otherwise, and always under `colcon test` (SPATIALTHINKER_ROS_INTERFACES=installed), the
+  environment's spatialthinker_ros is used as is: nothing is built into the source tree.
 When neither works, `INTERFACES_UNAVAILABLE` says why, and the `ros_interfaces` fixture and the
 test modules skip with that reason (passed to them in $SPATIALTHINKER_ROS_INTERFACES_UNAVAILABLE).
 """
@@ -31,6 +32,8 @@ INSTALL = BUILD_DIR / "install"
 BUILD_SCRIPT = ROOT / "scripts" / "build_interfaces.sh"
 # Touched last by every successful build: its age tells whether the install tree is current.
 BUILD_MARKER = INSTALL / ".build_stamp"
+# Set by CMakeLists.txt for `colcon test`: test the installed package, build nothing.
+INSTALLED_ENV = "SPATIALTHINKER_ROS_INTERFACES"
 NETNS_COMMAND = (
     "unshare -n sh -c 'ip link set lo up; export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; "
     "exec <pytest ...>'"
@@ -116,6 +119,10 @@ def _generated_importable() -> bool:
 
 def _prepare_interfaces() -> str | None:
     """None when spatialthinker_ros.msg/srv/action import; else the reason they cannot."""
+    if os.environ.get(INSTALLED_ENV) == "installed":  # colcon test: never build in the sources
+        return None if _generated_importable() else (
+            f"{INSTALLED_ENV}=installed but spatialthinker_ros.msg does not import (source the "
+            "workspace's install/setup.bash)")
     if _install_is_current():
         _activate_install()
         return None if _generated_importable() else f"{INSTALL} does not import"
