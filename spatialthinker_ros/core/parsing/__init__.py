@@ -28,8 +28,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from . import lenient_json
-from .scene import (
+from .. import lenient_json
+from ..scene import (
     Box,
     ParseStatus,
     Reasoning,
@@ -38,7 +38,7 @@ from .scene import (
     SceneObject,
     SpatialAnswer,
 )
-from .text import safe_text
+from ..text import safe_text
 
 __all__ = [
     "StreamParser",
