@@ -240,7 +240,7 @@ class _Markers:
         self.header = header
         self.lifetime = lifetime_s
         self.markers = [make("visualization_msgs/msg/Marker", header=header_msg(make, header),
-                             action=MARKER_DELETEALL)]
+                             action=MARKER_DELETEALL, pose=self.pose((0.0, 0.0, 0.0)))]
         self._next_id: dict[str, int] = {}
 
     def color(self, rgb: tuple[float, float, float], alpha: float) -> Any:
@@ -249,14 +249,19 @@ class _Markers:
     def point(self, x: float, y: float, z: float) -> Any:
         return self.make("geometry_msgs/msg/Point", x=x, y=y, z=z)
 
+    def pose(self, position: tuple[float, float, float]) -> Any:
+        # Every field given: rclpy fills Quaternion.w with the .msg default 1, rosbags with 0.
+        m = self.make
+        return m("geometry_msgs/msg/Pose", position=self.point(*position),
+                 orientation=m("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+
     def add(self, ns: str, marker_type: int, position: tuple[float, float, float],
             scale: tuple[float, float, float], color: Any, text: str = "",
             points: Sequence[tuple[float, float, float]] = ()) -> None:
         m = self.make
         marker_id = self._next_id.get(ns, 0)
         self._next_id[ns] = marker_id + 1
-        pose = m("geometry_msgs/msg/Pose", position=self.point(*position),
-                 orientation=m("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+        pose = self.pose(position)
         self.markers.append(m(
             "visualization_msgs/msg/Marker", header=header_msg(m, self.header), ns=ns,
             id=marker_id, type=marker_type, action=MARKER_ADD, pose=pose,

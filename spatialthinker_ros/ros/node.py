@@ -108,8 +108,8 @@ class SpatialThinkerNode(LifecycleNode):
 
         self.stats = ServingStats()
         self.intake = CameraIntake(self, ("",), self._now_s)
-        self.publishers = Publishers(self, self.stats)
-        self.answerer = Answerer(self, self.intake, self.publishers, self.stats, self._now_s)
+        self.outputs = Publishers(self, self.stats)
+        self.answerer = Answerer(self, self.intake, self.outputs, self.stats, self._now_s)
         self.answerer.settings = self._settings
         self.worker: InferenceWorker[AskRequest, SpatialAnswerMsg] = InferenceWorker(
             self._handle_job, max_queue=self._settings.max_queue
@@ -159,7 +159,7 @@ class SpatialThinkerNode(LifecycleNode):
             return self._configure_failed(f"could not load the model: {one_line(exc)}")
         self._engine = engine
         self.answerer.engine = engine
-        self.publishers.create()
+        self.outputs.create()
         self._state = "inactive"
         self._config_error = ""
         self.get_logger().info(f"model loaded: {engine.describe()}")
@@ -229,7 +229,7 @@ class SpatialThinkerNode(LifecycleNode):
 
     def _release(self) -> None:
         """Outputs destroyed, model unloaded (the backend frees its accelerator memory)."""
-        self.publishers.destroy()
+        self.outputs.destroy()
         engine, self._engine = self._engine, None
         self.answerer.engine = None
         if engine is not None:
@@ -294,7 +294,7 @@ class SpatialThinkerNode(LifecycleNode):
     def _finish(self, answer: SpatialAnswerMsg) -> None:
         """Count an answer and publish it on `answer`."""
         self.stats.answered(answer.status, answer.status_message)
-        self.publishers.publish("answer", answer)
+        self.outputs.publish("answer", answer)
 
     # ------------------------------------------------------------------ diagnostics
 
