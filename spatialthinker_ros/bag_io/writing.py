@@ -18,7 +18,7 @@ from rosbags.typesys.store import Typestore
 from ..core.text import one_line, safe_text
 from .errors import OutputError, ReplayError
 
-FRAME_FILE = re.compile(r"\d+_-?\d+\.png$")  # FrameSaver's names
+FRAME_FILE = re.compile(r"\d+_-?\d+(_[A-Za-z0-9_.]+)?\.png$")  # FrameSaver's names
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,9 @@ class JsonlSink:
 
 
 class FrameSaver:
-    """Annotated frames as `<index>_<stamp ns>.png`, the index counting the saved frames (stamps
-    may repeat). A file is created exclusively (never overwrites) and removed if its write
+    """Annotated frames as `<index>_<stamp ns>.png`, or `<index>_<stamp ns>_<camera>.png` (the
+    camera name's "/" as "."), the index counting the saved frames of every camera (stamps may
+    repeat). A file is created exclusively (never overwrites) and removed if its write
     fails, so the directory only holds complete PNGs."""
 
     def __init__(self, directory: Path):
@@ -135,13 +136,14 @@ class FrameSaver:
             raise ReplayError(f"cannot create --save-frames {directory}: {exc.strerror}") from exc
         self.count = 0
 
-    def save(self, rgb: np.ndarray, stamp_ns: int) -> Path:
+    def save(self, rgb: np.ndarray, stamp_ns: int, camera: str = "") -> Path:
         from PIL import Image
 
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, format="PNG")
         data = buffer.getbuffer()
-        path = self.directory / f"{self.count:06d}_{stamp_ns}.png"
+        suffix = "_" + re.sub(r"[^A-Za-z0-9_]", ".", camera) if camera else ""
+        path = self.directory / f"{self.count:06d}_{stamp_ns}{suffix}.png"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
