@@ -289,7 +289,6 @@ def test_a_server_echoing_credentials_never_reaches_the_error(scripted, monkeypa
     for secret in ("sk-live-0123456789abcdef", "hunter2", "bob:"):
         assert secret not in text
     assert "HTTP 401" in str(info.value)
-    assert scripted.requests[0].headers["authorization"] == "Bearer sk-live-0123456789abcdef"
 
 
 def test_unauthorized_names_the_key_variable_when_it_is_unset(scripted, monkeypatch):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import io
+import warnings
 import operator
 from dataclasses import dataclass
 
@@ -264,7 +265,11 @@ def decode_compressed(
         raise ImageConversionError("compressed image data is empty")
     try:
         # Pillow raises a zoo of types on corrupt data (OSError, SyntaxError, struct.error, ...).
-        with Image.open(io.BytesIO(buffer), formats=formats) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 Mpx; the size check below is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(buffer), formats=formats)
+        with opened as image:
             width, height = image.size
             if width <= 0 or height <= 0 or width * height > max_pixels:
                 raise ImageConversionError(
