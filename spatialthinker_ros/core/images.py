@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import array
 import io
-import warnings
 import operator
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
