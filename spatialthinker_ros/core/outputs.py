@@ -232,6 +232,12 @@ def nominal_intrinsics(width: int, height: int) -> CameraIntrinsics:
     return CameraIntrinsics(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0)
 
 
+def identity_pose(make: MessageFactory, position: Any = None) -> Any:
+    orientation = make("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0)
+    position = position or make("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0)
+    return make("geometry_msgs/msg/Pose", position=position, orientation=orientation)
+
+
 class _Markers:
     """Collects markers sharing one header and lifetime, numbering ids per namespace."""
 
@@ -239,8 +245,9 @@ class _Markers:
         self.make = make
         self.header = header
         self.lifetime = lifetime_s
+        # Every marker gets its pose: rosbags ignores the .msg default orientation (w = 1).
         self.markers = [make("visualization_msgs/msg/Marker", header=header_msg(make, header),
-                             action=MARKER_DELETEALL)]
+                             pose=identity_pose(make), action=MARKER_DELETEALL)]
         self._next_id: dict[str, int] = {}
 
     def color(self, rgb: tuple[float, float, float], alpha: float) -> Any:
@@ -255,8 +262,7 @@ class _Markers:
         m = self.make
         marker_id = self._next_id.get(ns, 0)
         self._next_id[ns] = marker_id + 1
-        pose = m("geometry_msgs/msg/Pose", position=self.point(*position),
-                 orientation=m("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
+        pose = identity_pose(m, self.point(*position))
         self.markers.append(m(
             "visualization_msgs/msg/Marker", header=header_msg(m, self.header), ns=ns,
             id=marker_id, type=marker_type, action=MARKER_ADD, pose=pose,
