@@ -162,7 +162,7 @@ def node_process(ros, fitted_model_dir, tmp_path, large_image_env):
         "max_queue": 4,
         "timeout_s": 60.0,
     }
-    args = [sys.executable, "-m", "spatialthinker_ros.ros.node", "--ros-args",
+    args = [sys.executable, "-m", "spatialthinker_ros.ros.main", "--ros-args",
             "-r", f"__ns:={NAMESPACE}"]
     for key, value in params.items():
         args += ["-p", f"{key}:={str(value).lower() if isinstance(value, bool) else value}"]
