@@ -226,7 +226,7 @@ class LoadClient:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(f"{NAMESPACE}/spatialthinker_node"):
+            if status.name == f"{NAMESPACE}/spatialthinker_node: inference":
                 with self._lock:
                     self._diagnostics.append({kv.key: kv.value for kv in status.values})
 
