@@ -66,9 +66,13 @@ def test_ask_json(fitted_model_dir, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["option"] == "A" and data["status"] == "ok"
+    # At 336 x 252 the fitted model's ball box ([384, 180, 576, 420]) lies outside the image:
+    # dropped, and the answer is PARTIAL with the reason.
+    assert data["option"] == "A" and data["status"] == "partial"
+    assert "ball.1" in data["status_message"] and "outside" in data["status_message"]
     assert data["model_size"] == [336, 252]
     assert [o["id"] for o in data["scene_graph"]["objects"]] == ["cube.1", "ball.1"]
+    assert data["scene_graph"]["objects"][1]["box"] is None
     assert data["generated_tokens"] > 0
 
 

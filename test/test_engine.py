@@ -166,10 +166,9 @@ def test_unload_frees_the_model(tiny_model_dir):
         engine.answer(noise_image(56, 56), "q?")
 
 
-def test_missing_directory_is_a_clear_load_error(tmp_path):
-    engine = SpatialThinkerEngine(EngineConfig(model=str(tmp_path / "nope"), device="cpu"))
+def test_missing_directory_is_a_clear_error_before_anything_loads(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
-        engine.load()
+        SpatialThinkerEngine(EngineConfig(model=str(tmp_path / "nope"), device="cpu"))
 
 
 def test_directory_without_config_is_a_clear_load_error(tmp_path):

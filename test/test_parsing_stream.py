@@ -16,14 +16,15 @@ from hypothesis import strategies as st
 from test_parsing import CARD_CHOICES, CARD_GRAPH, CARD_OBSERVATION, CARD_OUTPUT, MUG_CHOICES
 from test_parsing_fuzz import REAL_OUTPUTS, assert_publishable
 
-from spatialthinker_ros.core import parsing
 from spatialthinker_ros.core.parsing import (
     MAX_REPAIR_CHARS,
     StreamParser,
     parse_output,
     parse_scene_graph,
+    scene_graph,
     stream_stage,
 )
+from spatialthinker_ros.core.parsing.tags import TagScanner, scan_tags
 from spatialthinker_ros.core.scene import Box, SceneGraph, SceneObject
 from spatialthinker_ros.core.text import safe_text
 
@@ -50,13 +51,13 @@ STREAMED = [
 def scene_parses(monkeypatch):
     """Counts every scene JSON parse (the one function that reads scene JSON)."""
     calls: list[str] = []
-    real = parsing._parse_scene_section
+    real = scene_graph.parse_scene_section
 
     def counting(content: str, truncated: bool, repair_limit: int):
         calls.append(content)
         return real(content, truncated, repair_limit)
 
-    monkeypatch.setattr(parsing, "_parse_scene_section", counting)
+    monkeypatch.setattr(scene_graph, "parse_scene_section", counting)
     return calls
 
 
@@ -74,7 +75,7 @@ def stream(chunks: list[str], choices=None):
 def first_complete_scene(text: str) -> tuple[str, int] | None:
     """(content, end of its `</scene>`) of the first complete <scene> by the one-shot scan."""
     clean = safe_text(text)
-    tags = parsing._scan_tags(clean)
+    tags = scan_tags(clean)
     for opening, closing in zip(tags, tags[1:], strict=False):
         if opening.name == closing.name == "scene" and closing.closing and not opening.closing:
             return clean[opening.end : closing.start], closing.end
@@ -148,7 +149,7 @@ def test_random_outputs_in_random_chunks(text, seed, choices):
     elif returned:  # (a scene closing on a line that never ends is only known at finish)
         ((index, graph),) = returned
         assert sum(map(len, chunks[: index + 1])) >= scene[1]
-        assert graph == parsing._parse_scene_section(scene[0], False, MAX_REPAIR_CHARS).graph
+        assert graph == scene_graph.parse_scene_section(scene[0], False, MAX_REPAIR_CHARS).graph
 
 
 @settings(FUZZ, max_examples=1500)
@@ -156,8 +157,8 @@ def test_random_outputs_in_random_chunks(text, seed, choices):
 def test_incremental_tag_scan_only_reports_final_tags(text):
     """After every prefix the streaming scan's tags are a prefix of the complete text's tags,
     and once finished they are the same."""
-    expected = parsing._scan_tags(text)
-    scanner = parsing._TagScanner()
+    expected = scan_tags(text)
+    scanner = TagScanner()
     for end in range(len(text) + 1):
         scanner.scan(text[:end], final=False)
         assert scanner.tags == expected[: len(scanner.tags)], end

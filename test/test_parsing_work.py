@@ -12,6 +12,8 @@ to make a backtracking regex blow up.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 import sys
 from collections.abc import Callable
@@ -19,11 +21,20 @@ from collections.abc import Callable
 import pytest
 
 from spatialthinker_ros.core import lenient_json, parsing
-from spatialthinker_ros.core.parsing import StreamParser, parse_output
+from spatialthinker_ros.core.parsing import StreamParser, parse_output, scene_graph, tags
 from spatialthinker_ros.testing.parser_inputs import SHAPES, generate
 
 CHOICES = ("in front of", "behind", "left of", "right of")
-MODULES = {parsing.__file__, lenient_json.__file__}
+# The parser's modules: the `parsing` package, each module in it, and lenient_json.
+PARSER_MODULES = (
+    parsing,
+    *(
+        importlib.import_module(f"{parsing.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(parsing.__path__)
+    ),
+    lenient_json,
+)
+MODULES = {module.__file__ for module in PARSER_MODULES}
 SMALL, LARGE = 4096, 16384
 # Linear work grows 4x from SMALL to LARGE; the slack absorbs fixed costs and rounding.
 GROWTH_LIMIT = 4.6
@@ -75,7 +86,7 @@ def test_streaming_work_grows_linearly(shape):
 def test_repair_and_scene_parsing_are_bounded(shape, monkeypatch):
     repaired: list[int] = []
     scenes: list[int] = []
-    real_loads, real_scene = lenient_json.loads, parsing._parse_scene_section
+    real_loads, real_scene = lenient_json.loads, scene_graph.parse_scene_section
 
     def counting_loads(text: str, truncated: bool = False):
         repaired.append(len(text))
@@ -86,7 +97,7 @@ def test_repair_and_scene_parsing_are_bounded(shape, monkeypatch):
         return real_scene(content, truncated, repair_limit)
 
     monkeypatch.setattr(lenient_json, "loads", counting_loads)
-    monkeypatch.setattr(parsing, "_parse_scene_section", counting_scene)
+    monkeypatch.setattr(scene_graph, "parse_scene_section", counting_scene)
     text = generate(shape, 65536)
     parse_output(text, CHOICES)
     assert sum(repaired) <= parsing.MAX_REPAIR_CHARS
@@ -149,12 +160,12 @@ def regex_chars(monkeypatch: pytest.MonkeyPatch, call: Callable[[], object]) -> 
     """Characters the parser's regex calls advance over while `call` runs."""
     total = [0]
     with monkeypatch.context() as patch:
-        for module in (parsing, lenient_json):
+        for module in PARSER_MODULES:
             for name, value in vars(module).items():
                 if isinstance(value, re.Pattern):
                     patch.setattr(module, name, _ScanCounter(value, total))
-        body = {k: _ScanCounter(v, total) for k, v in parsing._SCENE_BODY_RE.items()}
-        patch.setattr(parsing, "_SCENE_BODY_RE", body)
+        body = {k: _ScanCounter(v, total) for k, v in tags._SCENE_BODY_RE.items()}
+        patch.setattr(tags, "_SCENE_BODY_RE", body)
         call()
     return total[0]
 
@@ -182,8 +193,8 @@ class _CountingPattern:
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if "scene" in s.lower() or "quote" in s])
 def test_scene_body_scans_read_each_character_once(shape, monkeypatch):
-    counting = {final: _CountingPattern(p) for final, p in parsing._SCENE_BODY_RE.items()}
-    monkeypatch.setattr(parsing, "_SCENE_BODY_RE", counting)
+    counting = {final: _CountingPattern(p) for final, p in tags._SCENE_BODY_RE.items()}
+    monkeypatch.setattr(tags, "_SCENE_BODY_RE", counting)
     text = generate(shape, 65536)
     parse_output(text)
     assert counting[True].consumed <= len(text)

@@ -277,6 +277,10 @@ def decode_compressed(
             rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except ImageConversionError:
         raise
+    except Image.DecompressionBombError as err:  # Pillow's own cap (~179 Mpx) came first
+        raise ImageConversionError(
+            f"compressed image exceeds the limit of {max_pixels} pixels ({err})"
+        ) from None
     except Exception as err:  # any decoder failure is bad input
         raise ImageConversionError(
             f"cannot decode compressed image: {type(err).__name__}: {err}"

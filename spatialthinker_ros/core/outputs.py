@@ -234,12 +234,6 @@ def nominal_intrinsics(width: int, height: int) -> CameraIntrinsics:
     return CameraIntrinsics(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0)
 
 
-def identity_pose(make: MessageFactory, position: Any = None) -> Any:
-    orientation = make("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0)
-    position = position or make("geometry_msgs/msg/Point", x=0.0, y=0.0, z=0.0)
-    return make("geometry_msgs/msg/Pose", position=position, orientation=orientation)
-
-
 class MarkerSource:
     """One camera's markers on a topic several cameras share: its namespaces are `<name>/objects`
     etc., and each of its arrays replaces exactly its previous one (same namespace and id: the
@@ -276,15 +270,20 @@ class _Markers:
 
     def control(self, action: int, **which: Any) -> Any:
         """A marker with only an action (DELETEALL; DELETE with its ns and id)."""
-        # Every marker gets its pose: rosbags ignores the .msg default orientation (w = 1).
         return self.make("visualization_msgs/msg/Marker", header=header_msg(self.make, self.header),
-                         pose=identity_pose(self.make), action=action, **which)
+                         action=action, pose=self.pose((0.0, 0.0, 0.0)), **which)
 
     def color(self, rgb: tuple[float, float, float], alpha: float) -> Any:
         return self.make("std_msgs/msg/ColorRGBA", r=rgb[0], g=rgb[1], b=rgb[2], a=alpha)
 
     def point(self, x: float, y: float, z: float) -> Any:
         return self.make("geometry_msgs/msg/Point", x=x, y=y, z=z)
+
+    def pose(self, position: tuple[float, float, float]) -> Any:
+        # Every field given: rclpy fills Quaternion.w with the .msg default 1, rosbags with 0.
+        m = self.make
+        return m("geometry_msgs/msg/Pose", position=self.point(*position),
+                 orientation=m("geometry_msgs/msg/Quaternion", x=0.0, y=0.0, z=0.0, w=1.0))
 
     def add(self, ns: str, marker_type: int, position: tuple[float, float, float],
             scale: tuple[float, float, float], color: Any, text: str = "",
@@ -294,7 +293,7 @@ class _Markers:
             ns = self.source.namespace(ns)
         marker_id = self.next_id.get(ns, 0)
         self.next_id[ns] = marker_id + 1
-        pose = identity_pose(m, self.point(*position))
+        pose = self.pose(position)
         self.markers.append(m(
             "visualization_msgs/msg/Marker", header=header_msg(m, self.header), ns=ns,
             id=marker_id, type=marker_type, action=MARKER_ADD, pose=pose,

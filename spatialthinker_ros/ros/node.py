@@ -123,8 +123,8 @@ class SpatialThinkerNode(LifecycleNode):
         if validate_value("cameras", cameras) is not None:
             cameras = DEFAULT_CAMERAS
         self.intake = CameraIntake(self, tuple(cameras), self._now_s)
-        self.publishers = Publishers(self, self.stats)
-        self.answerer = Answerer(self, self.intake, self.publishers, self.stats, self._now_s)
+        self.outputs = Publishers(self, self.stats)
+        self.answerer = Answerer(self, self.intake, self.outputs, self.stats, self._now_s)
         self.answerer.settings = self._settings
         self.worker: InferenceWorker[AskRequest, SpatialAnswerMsg] = InferenceWorker(
             self._handle_job, max_queue=self._settings.max_queue
@@ -174,7 +174,7 @@ class SpatialThinkerNode(LifecycleNode):
             return self._configure_failed(f"could not load the model: {one_line(exc)}")
         self._engine = engine
         self.answerer.engine = engine
-        self.publishers.create(tuple(self.intake.cameras))
+        self.outputs.create(tuple(self.intake.cameras))
         self._state = "inactive"
         self._config_error = ""
         self.get_logger().info(f"model loaded: {engine.describe()}")
@@ -244,7 +244,7 @@ class SpatialThinkerNode(LifecycleNode):
 
     def _release(self) -> None:
         """Outputs destroyed, model unloaded (the backend frees its accelerator memory)."""
-        self.publishers.destroy()
+        self.outputs.destroy()
         engine, self._engine = self._engine, None
         self.answerer.engine = None
         if engine is not None:
@@ -311,7 +311,7 @@ class SpatialThinkerNode(LifecycleNode):
     def _finish(self, answer: SpatialAnswerMsg) -> None:
         """Count an answer and publish it on `answer`."""
         self.stats.answered(answer.status, answer.status_message)
-        self.publishers.publish("answer", answer)
+        self.outputs.publish("answer", answer)
 
     # ------------------------------------------------------------------ diagnostics
 

@@ -301,3 +301,22 @@ def declare_parameters(node) -> tuple[dict[str, Any], list[str]]:
         values[opt.name] = param.value if param.value is not None else default_values()[opt.name]
     problems += validate_values(values)
     return values, problems
+
+
+def markdown_table() -> str:
+    """The parameter table of the README, from the same specs the node declares (a test keeps
+    the README equal to it: `python -m spatialthinker_ros.ros.params` prints it)."""
+
+    def shown(opt: Option) -> str:
+        value = [] if opt.default == STRING_ARRAY else opt.default
+        return f"`{value!r}`".replace("'", '"') if not isinstance(value, bool) else f"`{value}`"
+
+    rows = ["| parameter | default | meaning |", "|---|---|---|"]
+    for opt in PARAMETERS:
+        note = " (read-only)" if opt.read_only else ""
+        rows.append(f"| `{opt.name}` | {shown(opt)} | {opt.help}{note} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -229,7 +229,7 @@ def test_debug_image_per_camera(three: Cameras) -> None:
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     for name in ("cam_b", "cam_c"):
         h.client.create_subscription(Image, f"{name}/debug_image", images[name].append, qos)
-        wait_until(lambda n=name: h.node.publishers.subscribers(f"{n}/debug_image") > 0,
+        wait_until(lambda n=name: h.node.outputs.subscribers(f"{n}/debug_image") > 0,
                    what=f"the {name}/debug_image subscription")
     for name in ("cam_b", "cam_c"):
         answer = three.ask(name)
@@ -242,7 +242,7 @@ def test_debug_image_per_camera(three: Cameras) -> None:
     # Each topic carried only its camera's frames; cam_a (not subscribed) rendered none.
     assert {m.header.frame_id for m in images["cam_b"]} == {FRAME_IDS["cam_b"]}
     assert {m.header.frame_id for m in images["cam_c"]} == {FRAME_IDS["cam_c"]}
-    assert h.node.publishers.subscribers("cam_a/debug_image") == 0
+    assert h.node.outputs.subscribers("cam_a/debug_image") == 0
 
 
 def test_diagnostics_per_camera(three: Cameras) -> None:

@@ -659,13 +659,13 @@ def test_debug_image_is_rendered_only_when_subscribed(make_harness) -> None:
     node = harness.node
     harness.send_frame()
     assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
-    assert node.publishers.subscribers("debug_image") == 0
+    assert node.outputs.subscribers("debug_image") == 0
     assert node.stats_snapshot()["debug_images"] == 0
 
     images: list[Image] = []
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     harness.client.create_subscription(Image, "debug_image", images.append, qos)
-    wait_until(lambda: node.publishers.subscribers("debug_image") > 0,
+    wait_until(lambda: node.outputs.subscribers("debug_image") > 0,
                what="the debug_image subscription")
     header = harness.send_frame(frame_id="cam_debug")
     assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
