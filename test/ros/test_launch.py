@@ -192,28 +192,37 @@ def test_launch_overrides_name_node_parameters() -> None:
     assert overrides <= set(launch_arguments())
 
 
-def test_launch_description_loads_with_launch_ros() -> None:
+def _launch_node(**arguments: str):
+    """The launch file's node for these arguments (the others at their defaults) and the launch
+    context; skips where the launch system is not installed."""
     if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
         pytest.skip(NO_LAUNCH)
     # Runs where ROS 2 is installed (CI); launch is not on PyPI.
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
-    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
-    from launch_ros.actions import LifecycleNode
+    from launch.utilities import perform_substitutions
 
     description = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
-    arguments = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
-    assert REQUIRED_ARGUMENTS <= {a.name for a in arguments}
+    declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
+    assert REQUIRED_ARGUMENTS <= {a.name for a in declared}
     context = LaunchContext()
     context.launch_configurations["config_file"] = str(PARAMS_FILE)
-    for argument in arguments:
+    for argument in declared:
         if argument.name != "config_file":
             value = perform_substitutions(context, argument.default_value)
             context.launch_configurations[argument.name] = value
-    context.launch_configurations["image"] = "/cam/color/image_raw"
+    context.launch_configurations.update(arguments)
     (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
     (node,) = opaque.execute(context)
+    return node, context
+
+
+def test_launch_description_loads_with_launch_ros() -> None:
+    node, context = _launch_node(image="/cam/color/image_raw")  # skips without launch
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+    from launch_ros.actions import LifecycleNode
+
     assert isinstance(node, LifecycleNode)
 
     def text(value) -> str:  # a str or substitutions, depending on the launch_ros release
@@ -221,6 +230,25 @@ def test_launch_description_loads_with_launch_ros() -> None:
 
     assert text(node.node_package) == "spatialthinker_ros"
     assert text(node.node_executable) == "spatialthinker_node"
+    node._perform_substitutions(context)
+    assert ("image", "/cam/color/image_raw") in node.expanded_remapping_rules
+
+
+def test_launch_description_remaps_several_cameras() -> None:
+    node, context = _launch_node(cameras="head,wrist", image="/{camera}/color/image_raw",
+                                 remappings="wrist/image:=/usb_cam/image_raw")
+    node._perform_substitutions(context)
+    rules = node.expanded_remapping_rules
+    assert rules[0] == ("wrist/image", "/usb_cam/image_raw")  # first: rcl applies it
+    assert ("head/image", "/head/color/image_raw") in rules
+    assert ("head/image/compressed", "/head/color/image_raw/compressed") in rules
+    assert ("wrist/depth", "wrist/depth") in rules and ("question", "question") in rules
+    # The cameras of the parameter file when the argument is empty.
+    node, context = _launch_node(config_file=str(TWO_CAMERAS_FILE))
+    node._perform_substitutions(context)
+    assert {"head/image", "wrist/image"} <= {a for a, _ in node.expanded_remapping_rules}
+    with pytest.raises(ValueError, match="same topic"):
+        _launch_node(cameras="head,wrist", image="/camera/image_raw")
 
 
 # ------------------------------------------------------------------ parameter file
