@@ -8,6 +8,7 @@ import sys
 
 from .core.options import ENGINE_OPTIONS, EngineConfig, Option
 from .core.text import one_line
+from .core.types import GenerationBackend
 
 
 def _argument(group: argparse._ArgumentGroup, opt: Option) -> None:
@@ -37,6 +38,18 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     config = EngineConfig.from_options(vars(args))
     config.validate()
     return config
+
+
+def concurrency_problem(concurrency: int, backend: GenerationBackend) -> str | None:
+    """Why `--concurrency N` cannot be used with `backend` (`eval`, `replay`), or None: more
+    than one request in flight needs a backend that takes them (a server batches them; the
+    in-process model answers one at a time)."""
+    if concurrency > 1 and not getattr(backend, "concurrent_requests", False):
+        return (
+            f"--concurrency {concurrency} needs a backend that takes concurrent requests "
+            f"(--backend openai); the {backend.name} backend answers one at a time"
+        )
+    return None
 
 
 def fail(message: object) -> int:

@@ -1,7 +1,10 @@
 """`spatialthinker-ros make-sample-bag`: a small synthetic RGB-D camera bag for demos and tests.
 
 A red cube left of a blue ball on a grey floor, drifting a little from frame to frame, with an
-aligned 16UC1 depth image (millimetres) and camera_info, at 10 Hz.
+aligned 16UC1 depth image (millimetres) and camera_info, at 10 Hz. With several cameras
+(`cameras=N`), camera k (from 0) is `sample_camera(k)`: the first on today's topics, the others
+under `/camera<k+1>/`, each k x 0.5 m further back (its depths), k x 10 ms late (its stamps)
+and with a darker floor, so that every camera's answers, stamps and 3D positions are its own.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -32,6 +36,38 @@ COMPRESSION = {
 }
 
 
+MAX_CAMERAS = 9  # camera k is k x 10 ms late: all within one 100 ms frame period
+
+
+@dataclass(frozen=True)
+class SampleCamera:
+    image_topic: str
+    depth_topic: str
+    camera_info_topic: str
+    frame_id: str
+    depth_offset_mm: int
+    stamp_offset_ns: int
+    floor_grey: int
+
+
+def sample_camera(k: int) -> SampleCamera:
+    """Camera k of a sample bag (k = 0: today's single camera)."""
+    if not 0 <= k < MAX_CAMERAS:
+        raise ValueError(f"camera {k}: a sample bag has cameras 0 to {MAX_CAMERAS - 1}")
+    if k == 0:
+        return SampleCamera(IMAGE_TOPIC, DEPTH_TOPIC, CAMERA_INFO_TOPIC, FRAME_ID, 0, 0, 128)
+    ns = f"/camera{k + 1}"
+    return SampleCamera(
+        f"{ns}/image_raw",
+        f"{ns}/depth/image_raw",
+        f"{ns}/camera_info",
+        f"camera{k + 1}_color_optical_frame",
+        depth_offset_mm=500 * k,
+        stamp_offset_ns=10_000_000 * k,
+        floor_grey=128 - 12 * k,
+    )
+
+
 @dataclass(frozen=True)
 class SampleFrame:
     rgb: np.ndarray  # HxWx3 uint8
@@ -39,9 +75,10 @@ class SampleFrame:
     stamp_ns: int
 
 
-def render_frame(index: int) -> SampleFrame:
-    """Floor at 3 m, cube at 1.5 m on the left, ball at 2 m on the right."""
-    rgb = np.full((HEIGHT, WIDTH, 3), (128, 128, 128), np.uint8)
+def render_frame(index: int, camera: int = 0) -> SampleFrame:
+    """Floor at 3 m, cube at 1.5 m on the left, ball at 2 m on the right (camera 0)."""
+    cam = sample_camera(camera)
+    rgb = np.full((HEIGHT, WIDTH, 3), cam.floor_grey, np.uint8)
     depth = np.full((HEIGHT, WIDTH), 3000, np.uint16)
     shift = 4 * index
     x0, y0 = 64 + shift, 120
@@ -52,13 +89,17 @@ def render_frame(index: int) -> SampleFrame:
     ball = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
     rgb[ball] = (30, 60, 220)
     depth[ball] = 2000
-    return SampleFrame(rgb, depth, START_NS + index * 100_000_000)
+    depth += np.uint16(cam.depth_offset_mm)
+    return SampleFrame(rgb, depth, START_NS + index * 100_000_000 + cam.stamp_offset_ns)
 
 
 def write_sample_bag(
-    out: Path, frames: int = 5, storage: str = "mcap", compression: str = "none"
+    out: Path, frames: int = 5, storage: str = "mcap", compression: str = "none", cameras: int = 1
 ) -> Path:
     """Write the bag (the directory must not exist) and return its path."""
+    if not 1 <= cameras <= MAX_CAMERAS:
+        raise ValueError(f"a sample bag has 1 to {MAX_CAMERAS} cameras, not {cameras}")
+    cams = [sample_camera(k) for k in range(cameras)]
     store = make_typestore()
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     if compression == "storage" and storage != "mcap":
@@ -67,77 +108,83 @@ def write_sample_bag(
     if compression != "none":
         writer.set_compression(COMPRESSION[compression], CompressionFormat.ZSTD)
     with writer:
-        conns = {
-            IMAGE_TOPIC: writer.add_connection(
-                IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store
-            ),
-            DEPTH_TOPIC: writer.add_connection(
-                DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=store
-            ),
-            CAMERA_INFO_TOPIC: writer.add_connection(
-                CAMERA_INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=store
-            ),
-        }
-        for i in range(frames):
-            frame = render_frame(i)
-            header = new_message(
-                store,
-                "std_msgs/msg/Header",
-                stamp=new_message(
-                    store,
-                    "builtin_interfaces/msg/Time",
-                    sec=frame.stamp_ns // 10**9,
-                    nanosec=frame.stamp_ns % 10**9,
-                ),
-                frame_id=FRAME_ID,
-            )
-            image = new_message(
-                store,
-                "sensor_msgs/msg/Image",
-                header=header,
-                height=HEIGHT,
-                width=WIDTH,
-                encoding="rgb8",
-                step=WIDTH * 3,
-                data=frame.rgb.reshape(-1),
-            )
-            depth = new_message(
-                store,
-                "sensor_msgs/msg/Image",
-                header=header,
-                height=HEIGHT,
-                width=WIDTH,
-                encoding="16UC1",
-                step=WIDTH * 2,
-                data=frame.depth_mm.view(np.uint8).reshape(-1),
-            )
-            k = np.array([FX, 0, WIDTH / 2, 0, FY, HEIGHT / 2, 0, 0, 1], np.float64)
-            p = np.array([FX, 0, WIDTH / 2, 0, 0, FY, HEIGHT / 2, 0, 0, 0, 1, 0], np.float64)
-            info = new_message(
-                store,
-                "sensor_msgs/msg/CameraInfo",
-                header=header,
-                height=HEIGHT,
-                width=WIDTH,
-                distortion_model="plumb_bob",
-                d=np.zeros(5),
-                k=k,
-                r=np.eye(3).reshape(-1),
-                p=p,
-            )
-            for topic, msg, msgtype in (
-                (IMAGE_TOPIC, image, "sensor_msgs/msg/Image"),
-                (DEPTH_TOPIC, depth, "sensor_msgs/msg/Image"),
-                (CAMERA_INFO_TOPIC, info, "sensor_msgs/msg/CameraInfo"),
+        conns = {}
+        for cam in cams:
+            for topic, msgtype in (
+                (cam.image_topic, "sensor_msgs/msg/Image"),
+                (cam.depth_topic, "sensor_msgs/msg/Image"),
+                (cam.camera_info_topic, "sensor_msgs/msg/CameraInfo"),
             ):
-                writer.write(conns[topic], frame.stamp_ns, store.serialize_cdr(msg, msgtype))
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+        for i in range(frames):
+            for k, cam in enumerate(cams):
+                frame = render_frame(i, k)
+                for topic, msg, msgtype in _camera_messages(store, cam, frame):
+                    writer.write(conns[topic], frame.stamp_ns, store.serialize_cdr(msg, msgtype))
     return out
+
+
+def _camera_messages(store, cam: SampleCamera, frame: SampleFrame) -> list[tuple[str, Any, str]]:
+    """(topic, message, type) of one camera's image, depth and camera_info for one frame."""
+    header = new_message(
+        store,
+        "std_msgs/msg/Header",
+        stamp=new_message(
+            store,
+            "builtin_interfaces/msg/Time",
+            sec=frame.stamp_ns // 10**9,
+            nanosec=frame.stamp_ns % 10**9,
+        ),
+        frame_id=cam.frame_id,
+    )
+    image = new_message(
+        store,
+        "sensor_msgs/msg/Image",
+        header=header,
+        height=HEIGHT,
+        width=WIDTH,
+        encoding="rgb8",
+        step=WIDTH * 3,
+        data=frame.rgb.reshape(-1),
+    )
+    depth = new_message(
+        store,
+        "sensor_msgs/msg/Image",
+        header=header,
+        height=HEIGHT,
+        width=WIDTH,
+        encoding="16UC1",
+        step=WIDTH * 2,
+        data=frame.depth_mm.view(np.uint8).reshape(-1),
+    )
+    k = np.array([FX, 0, WIDTH / 2, 0, FY, HEIGHT / 2, 0, 0, 1], np.float64)
+    p = np.array([FX, 0, WIDTH / 2, 0, 0, FY, HEIGHT / 2, 0, 0, 0, 1, 0], np.float64)
+    info = new_message(
+        store,
+        "sensor_msgs/msg/CameraInfo",
+        header=header,
+        height=HEIGHT,
+        width=WIDTH,
+        distortion_model="plumb_bob",
+        d=np.zeros(5),
+        k=k,
+        r=np.eye(3).reshape(-1),
+        p=p,
+    )
+    return [
+        (cam.image_topic, image, "sensor_msgs/msg/Image"),
+        (cam.depth_topic, depth, "sensor_msgs/msg/Image"),
+        (cam.camera_info_topic, info, "sensor_msgs/msg/CameraInfo"),
+    ]
 
 
 def add_make_sample_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output bag directory (must not exist)")
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument(
+        "--cameras", type=int, default=1, help=f"1 to {MAX_CAMERAS} (the others under /camera<k>/)"
+    )
     parser.add_argument(
         "--compression", choices=list(COMPRESSION), default="none", help="zstd, as rosbag2 does"
     )
@@ -147,11 +194,10 @@ def make_sample_bag_main(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise SystemExit(f"spatialthinker-ros: error: {args.out} exists")
     try:
-        write_sample_bag(args.out, args.frames, args.storage, args.compression)
+        write_sample_bag(args.out, args.frames, args.storage, args.compression, args.cameras)
     except ValueError as exc:
         raise SystemExit(f"spatialthinker-ros: error: {exc}") from None
-    print(
-        f"wrote {args.frames} frames to {args.out} ({args.storage}): "
-        f"{IMAGE_TOPIC} (rgb8), {DEPTH_TOPIC} (16UC1), {CAMERA_INFO_TOPIC}"
-    )
+    print(f"wrote {args.frames} frames to {args.out} ({args.storage}):")
+    for cam in map(sample_camera, range(args.cameras)):
+        print(f"  {cam.image_topic} (rgb8), {cam.depth_topic} (16UC1), {cam.camera_info_topic}")
     return 0

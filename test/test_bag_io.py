@@ -21,6 +21,7 @@ from PIL import Image
 from rosbags.rosbag2 import Reader
 
 from spatialthinker_ros.bag_io import (
+    FRAME_FILE,
     BagCutShort,
     FrameSaver,
     JsonlSink,
@@ -31,6 +32,7 @@ from spatialthinker_ros.bag_io import (
 )
 from spatialthinker_ros.bag_types import make_typestore
 from spatialthinker_ros.replay import ReplayConfig, prepare_replay
+from spatialthinker_ros.replay_frames import Route
 from spatialthinker_ros.sample_bag import (
     CAMERA_INFO_TOPIC,
     DEPTH_TOPIC,
@@ -322,6 +324,7 @@ def _output_cases(tmp: Path, bag: Path) -> list[tuple[dict, str]]:
         ({"max_frames": -1}, "max_frames >= 0"),
         ({"rate_hz": -2.0}, "rate_hz must be >= 0"),
         ({"rate_hz": float("nan")}, "rate_hz must be >= 0"),
+        ({"concurrency": 0}, "concurrency must be >= 1"),
         ({"image_topic": "/nope"}, "/nope is not in"),
         ({"image_topic": CAMERA_INFO_TOPIC}, "has type sensor_msgs/msg/CameraInfo"),
         ({"depth_topic": CAMERA_INFO_TOPIC}, "expected sensor_msgs/msg/Image"),
@@ -336,7 +339,7 @@ def test_bad_output_paths_fail_before_anything_is_written(tmp_path, small_bag):
             _prepare(small_bag, tmp_path / "out", **overrides)
     assert not (tmp_path / "out").exists() and not (tmp_path / "f").exists()
     assert {p: _digest(p) for p in tmp_path.iterdir() if not p.is_symlink()} == before
-    assert len(cases) == 24
+    assert len(cases) == 25
 
 
 def test_good_outputs_pass_and_existing_jsonl_is_untouched_by_the_check(tmp_path, small_bag):
@@ -353,7 +356,11 @@ def test_good_outputs_pass_and_existing_jsonl_is_untouched_by_the_check(tmp_path
         camera_info_topic=CAMERA_INFO_TOPIC,
     )
     prepared.bag.close()
-    assert prepared.roles == {IMAGE_TOPIC: "image", DEPTH_TOPIC: "depth", CAMERA_INFO_TOPIC: "info"}
+    assert prepared.routes == {
+        IMAGE_TOPIC: Route(0, "image"),
+        DEPTH_TOPIC: Route(0, "depth"),
+        CAMERA_INFO_TOPIC: Route(0, "info"),
+    }
     assert old.read_text() == '{"a": 1}\n' and not (tmp_path / "new").exists()
 
 
@@ -369,6 +376,17 @@ def test_frames_with_equal_stamps_get_unique_names_and_never_overwrite(tmp_path)
     with pytest.raises(OutputError, match="000003_5.png"):
         saver.save(rgb, 5)
     assert blocker.read_bytes() == b"someone else's file"
+    # Several cameras: the camera's name joins the file name (its "/" as ".").
+    named = saver.save(rgb, 5, camera="arm/wrist")
+    assert named.name == "000003_5_arm.wrist.png"
+    assert all(FRAME_FILE.match(p.name) for p in (*paths, named))
+
+
+def test_frames_of_an_earlier_multi_camera_run_are_refused(tmp_path, small_bag):
+    earlier = tmp_path / "earlier"
+    FrameSaver(earlier).save(np.zeros((8, 8, 3), np.uint8), 7, camera="front")
+    with pytest.raises(ReplayError, match="already holds frames of an earlier replay"):
+        _prepare(small_bag, tmp_path / "out", save_frames=earlier)
 
 
 def test_jsonl_write_error_is_an_output_error_and_leaves_whole_lines(tmp_path):

@@ -88,7 +88,7 @@ def unloadable_model(tmp_path: Path) -> Path:
     """A directory that passes the model reference check but cannot load: an error that names
     something else proves the check came before the model load."""
     model = tmp_path / "unloadable_model"
-    model.mkdir()
+    model.mkdir(exist_ok=True)
     (model / "config.json").write_text("{}")
     return model
 

@@ -12,8 +12,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "spatialthinker_ros"
 PACKAGE = PACKAGE_DIR.name
 MAX_LINES = 500
 # Modules that must never import rclpy (they run where ROS is not installed).
-ROS_FREE = ("core", "replay", "bag_io", "bag_types", "sample_bag", "cli", "arguments",
-            "evaluation", "testing")
+ROS_FREE = ("core", "replay", "replay_config", "replay_frames", "replay_answers", "bag_io",
+            "bag_types", "sample_bag", "cli", "arguments", "evaluation", "testing")
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import engine_config_from_args, fail
+from ..arguments import concurrency_problem, engine_config_from_args, fail
 from ..core.engine import SpatialThinkerEngine
 from .benchmarks import InputError, open_inputs
 from .paper import PAPER_EVAL
@@ -68,11 +68,9 @@ def eval_main(args: argparse.Namespace) -> int:
         return fail(str(exc))
     config = engine_config_from_args(args)
     engine = SpatialThinkerEngine(config)
-    if args.concurrency > 1 and not getattr(engine.backend, "concurrent_requests", False):
-        return fail(
-            f"--concurrency {args.concurrency} needs a backend that takes concurrent requests "
-            f"(--backend openai); the {engine.backend.name} backend answers one at a time"
-        )
+    problem = concurrency_problem(args.concurrency, engine.backend)
+    if problem is not None:
+        return fail(problem)
     try:
         log = open_results(args.results, eval_settings(config))
     except InputError as exc:

@@ -1,0 +1,196 @@
+"""The reading side of bag replay: the input bag's messages become frames to answer.
+
+Each camera keeps its own depth history, CameraInfo and pending frames. A selected image waits
+until depth up to its stamp + the tolerance had time to arrive (bag time), then leaves as a
+`FrameWork` with the depth image nearest in stamp and the CameraInfo its camera had then.
+Frames leave in bag-time order across the cameras. Nothing here calls the model. No rclpy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rosbags.typesys.store import Typestore
+
+from .bag_io import BagInput, OutputPaths, check_outputs, open_bag, topic_roles
+from .replay_config import CameraTopics, ReplayConfig, ReplaySummary
+
+DEPTH_HISTORY = 64  # depth images kept per camera for matching by stamp
+
+
+@dataclass(frozen=True)
+class Route:
+    camera: int  # index into ReplayConfig.cameras
+    role: str  # "image" | "depth" | "info"
+
+
+@dataclass
+class ReplayInput:
+    """The opened input bag and where each wanted topic goes, checked with the output paths."""
+
+    bag: BagInput
+    routes: dict[str, Route]
+
+
+def prepare_replay(config: ReplayConfig) -> ReplayInput:
+    """Open the input, check every camera's topics and every output path: all before a model
+    loads."""
+    bag = open_bag(config.in_bag)
+    try:
+        routes = {}
+        for index, camera in enumerate(config.cameras):
+            roles = topic_roles(bag, camera.image, camera.depth, camera.info)
+            routes.update({topic: Route(index, role) for topic, role in roles.items()})
+        check_outputs(bag, OutputPaths(config.out_bag, config.jsonl, config.save_frames))
+    except BaseException:
+        bag.close()
+        raise
+    return ReplayInput(bag, routes)
+
+
+@dataclass(frozen=True)
+class Frame:
+    bag_ns: int
+    stamp_ns: int  # the header's
+    msgtype: str
+    raw: bytes  # CDR, as read
+    msg: Any
+
+
+@dataclass(frozen=True)
+class FrameWork:
+    """One selected image to answer, with what its camera knew when the image was released."""
+
+    seq: int  # its place in the output order, from 0 (request ids are built on it)
+    camera: CameraTopics
+    frame: Frame
+    depth: Any | None  # the depth image nearest in stamp within the tolerance (with CameraInfo)
+    camera_info: Any | None
+    camera_info_raw: bytes | None
+
+
+@dataclass
+class _Camera:
+    index: int
+    topics: CameraTopics
+    depths: deque[Frame] = field(default_factory=lambda: deque(maxlen=DEPTH_HISTORY))
+    info: Any = None
+    info_raw: bytes | None = None
+    pending: deque[Frame] = field(default_factory=deque)
+    seen: int = 0  # images read
+    selected: int = 0
+    last_selected_stamp: int | None = None
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+class FrameReader:
+    """Reads the input and yields the frames to answer (`work`), counting the images seen."""
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        store: Typestore,
+        summary: ReplaySummary,
+        on_image: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.summary = summary
+        self.on_image = on_image
+        self.tolerance_ns = int(config.depth_tolerance_s * 1e9)
+        self.cameras = [_Camera(i, c) for i, c in enumerate(config.cameras)]
+        self.released = 0
+
+    def work(self, source: ReplayInput) -> Iterator[FrameWork]:
+        """The selected frames in bag-time order. A truncated or corrupt input ends the
+        messages where it breaks (`summary.stopped_early` says where); the frames read so far
+        are still answered."""
+        messages = iter(source.bag.messages(set(source.routes)))
+        count, last_ns = 0, 0
+        while not self._done():
+            try:
+                topic, msgtype, bag_ns, raw = next(messages)
+                msg = self.store.deserialize_cdr(raw, msgtype)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - truncated or corrupt input: keep what we have
+                self.summary.stopped_early = (
+                    f"after {count} messages (last bag time {last_ns / 1e9:.3f} s): "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                break
+            count, last_ns = count + 1, bag_ns
+            route = source.routes[topic]
+            self._take(self.cameras[route.camera], route.role, Frame(
+                bag_ns, _stamp_ns(msg.header), msgtype, raw, msg
+            ))
+            # A frame leaves once depth up to its stamp + tolerance had time to arrive.
+            yield from self._release(bag_ns)
+        yield from self._release(None)
+
+    def _take(self, camera: _Camera, role: str, frame: Frame) -> None:
+        if role == "info":
+            camera.info, camera.info_raw = frame.msg, frame.raw
+        elif role == "depth":
+            camera.depths.append(frame)
+        else:
+            self.on_image()
+            self.summary.images_seen += 1
+            camera.seen += 1
+            if self._select(camera, frame):
+                camera.pending.append(frame)
+
+    def _select(self, camera: _Camera, frame: Frame) -> bool:
+        c = self.config
+        if c.max_frames and camera.selected >= c.max_frames:
+            return False
+        if c.every > 1 and (camera.seen - 1) % c.every:
+            return False
+        if c.rate_hz > 0 and camera.last_selected_stamp is not None:
+            if frame.stamp_ns - camera.last_selected_stamp < 1e9 / c.rate_hz:
+                return False
+        camera.last_selected_stamp = frame.stamp_ns
+        camera.selected += 1
+        return True
+
+    def _done(self) -> bool:
+        """Every camera has its `max_frames` selected and released: nothing more to read."""
+        c = self.config
+        return bool(c.max_frames) and all(
+            cam.selected >= c.max_frames and not cam.pending for cam in self.cameras
+        )
+
+    def _release(self, now_ns: int | None) -> Iterator[FrameWork]:
+        """Pending frames older than `now_ns` - tolerance (all of them at the end: None), oldest
+        first across the cameras."""
+        while True:
+            ready = [
+                cam for cam in self.cameras
+                if cam.pending and (now_ns is None
+                                    or cam.pending[0].bag_ns + self.tolerance_ns < now_ns)
+            ]
+            if not ready:
+                return
+            camera = min(ready, key=lambda cam: (cam.pending[0].bag_ns, cam.index))
+            frame = camera.pending.popleft()
+            seq, self.released = self.released, self.released + 1
+            yield FrameWork(
+                seq, camera.topics, frame, self._depth_for(camera, frame), camera.info,
+                camera.info_raw,
+            )
+
+    def _depth_for(self, camera: _Camera, frame: Frame) -> Any | None:
+        """The camera's depth image nearest in stamp within the tolerance, or None (also without
+        CameraInfo: no position can be computed then)."""
+        if not camera.depths or camera.info is None:
+            return None
+        depth = min(camera.depths, key=lambda d: abs(d.stamp_ns - frame.stamp_ns))
+        if abs(depth.stamp_ns - frame.stamp_ns) > self.tolerance_ns:
+            return None
+        return depth.msg
