@@ -3,6 +3,13 @@
     ros2 launch spatialthinker_ros perception.launch.py image:=/camera/color/image_raw
     ros2 launch spatialthinker_ros perception.launch.py use_depth:=true \
         depth:=/camera/aligned_depth_to_color/image_raw camera_info:=/camera/color/camera_info
+    ros2 launch spatialthinker_ros perception.launch.py cameras:=head,wrist \
+        image:=/{camera}/color/image_raw
+
+Several cameras (`cameras`, or the `cameras` parameter of config_file): the `image`, `depth` and
+`camera_info` arguments are then templates for each camera's topics ({camera} becomes its name,
+a relative name is taken under it); `remappings` adds any other `from:=to` pairs, e.g.
+remappings:="wrist/image:=/usb_cam/image_raw" (spatialthinker_ros/ros/launch_args.py).
 
 Parameters come from `config_file` (config/perception.yaml by default); the launch arguments
 model, device, autostart, use_depth and use_compressed override it when given. With
@@ -15,6 +22,13 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
+
+from spatialthinker_ros.ros.launch_args import (
+    camera_remappings,
+    cameras_from_params_file,
+    parse_camera_list,
+    parse_remappings,
+)
 
 PACKAGE = "spatialthinker_ros"
 EXECUTABLE = "spatialthinker_node"
@@ -30,9 +44,16 @@ ARGUMENTS = (
     ("use_compressed", "", "true: also subscribe <image>/compressed; empty: the file's"),
     ("namespace", "", "Namespace of the node and of its relative topics"),
     ("node_name", EXECUTABLE, "Name of the node"),
-    ("image", "image", "Camera image topic (sensor_msgs/Image)"),
-    ("depth", "depth", "Depth image aligned to the camera image (16UC1 mm or 32FC1 m)"),
-    ("camera_info", "camera_info", "CameraInfo of the image the depth is aligned to"),
+    ("cameras", "", "Camera names, comma-separated (head,wrist): camera C reads C/image etc.; "
+     "empty: the config_file's cameras (default one camera on image)"),
+    ("image", "image", "Camera image topic (sensor_msgs/Image); with several cameras a template: "
+     "{camera} becomes each camera's name, relative names are taken under it"),
+    ("depth", "depth", "Depth image aligned to the camera image (16UC1 mm or 32FC1 m); a template "
+     "like image"),
+    ("camera_info", "camera_info", "CameraInfo of the image the depth is aligned to; a template "
+     "like image"),
+    ("remappings", "", "Further remaps, from:=to separated by blanks, e.g. "
+     "wrist/image:=/usb_cam/image_raw (they take precedence)"),
     ("question", "question", "Standing question topic (std_msgs/String)"),
     ("use_sim_time", "false", "Use /clock (bag replay, simulation)"),
     ("log_level", "info", "Logging level: debug, info, warn, error, fatal"),
@@ -62,7 +83,17 @@ def _launch_node(context, *_args, **_kwargs):
     }
     overrides.update({name: arg(name) for name in STRING_OVERRIDES if arg(name).strip()})
     overrides.update({name: _is_true(arg(name)) for name in BOOLEAN_OVERRIDES if arg(name).strip()})
-    image = arg("image")
+    cameras = parse_camera_list(arg("cameras"))
+    if cameras:
+        overrides["cameras"] = cameras
+    else:
+        cameras = cameras_from_params_file(arg("config_file"), arg("node_name")) or [""]
+    # rcl applies the first rule that matches: the explicit remappings first.
+    remappings = [
+        *parse_remappings(arg("remappings")),
+        *camera_remappings(cameras, arg("image"), arg("depth"), arg("camera_info")),
+        ("question", arg("question")),
+    ]
     node = LifecycleNode(
         package=PACKAGE,
         executable=EXECUTABLE,
@@ -71,13 +102,7 @@ def _launch_node(context, *_args, **_kwargs):
         output="screen",
         emulate_tty=True,
         parameters=[arg("config_file"), overrides],
-        remappings=[
-            ("image", image),
-            ("image/compressed", image.rstrip("/") + "/compressed"),  # image_transport naming
-            ("depth", arg("depth")),
-            ("camera_info", arg("camera_info")),
-            ("question", arg("question")),
-        ],
+        remappings=remappings,
         arguments=["--ros-args", "--log-level", arg("log_level")],
         sigterm_timeout=SIGTERM_TIMEOUT_S,
     )

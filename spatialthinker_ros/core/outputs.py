@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ MARKER_ARROW = 0
 MARKER_CUBE = 1
 MARKER_TEXT_VIEW_FACING = 9
 MARKER_ADD = 0
+MARKER_DELETE = 2
 MARKER_DELETEALL = 3
 
 NAMESPACE_BOXES = "objects"
@@ -232,16 +234,44 @@ def nominal_intrinsics(width: int, height: int) -> CameraIntrinsics:
     return CameraIntrinsics(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0)
 
 
-class _Markers:
-    """Collects markers sharing one header and lifetime, numbering ids per namespace."""
+class MarkerSource:
+    """One camera's markers on a topic several cameras share: its namespaces are `<name>/objects`
+    etc., and each of its arrays replaces exactly its previous one (same namespace and id: the
+    marker is modified in place; ids it no longer uses: DELETE). A DELETEALL cannot do this: RViz
+    applies it to every namespace of the display, so it would clear the other cameras' markers."""
 
-    def __init__(self, make: MessageFactory, header: FrameHeader, lifetime_s: float) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._published: dict[str, int] = {}  # namespace -> ids 0 .. n-1 of the last array
+
+    def namespace(self, base: str) -> str:
+        return f"{self.name}/{base}"
+
+    def replace(self, counts: dict[str, int]) -> dict[str, int]:
+        """Record the ids of the array being published; returns the previous array's."""
+        with self._lock:
+            previous, self._published = self._published, dict(counts)
+        return previous
+
+
+class _Markers:
+    """Collects markers sharing one header and lifetime, numbering ids per namespace (prefixed
+    with the source's name when there is one)."""
+
+    def __init__(self, make: MessageFactory, header: FrameHeader, lifetime_s: float,
+                 source: MarkerSource | None) -> None:
         self.make = make
         self.header = header
         self.lifetime = lifetime_s
-        self.markers = [make("visualization_msgs/msg/Marker", header=header_msg(make, header),
-                             action=MARKER_DELETEALL, pose=self.pose((0.0, 0.0, 0.0)))]
-        self._next_id: dict[str, int] = {}
+        self.source = source
+        self.markers: list[Any] = []
+        self.next_id: dict[str, int] = {}
+
+    def control(self, action: int, **which: Any) -> Any:
+        """A marker with only an action (DELETEALL; DELETE with its ns and id)."""
+        return self.make("visualization_msgs/msg/Marker", header=header_msg(self.make, self.header),
+                         action=action, pose=self.pose((0.0, 0.0, 0.0)), **which)
 
     def color(self, rgb: tuple[float, float, float], alpha: float) -> Any:
         return self.make("std_msgs/msg/ColorRGBA", r=rgb[0], g=rgb[1], b=rgb[2], a=alpha)
@@ -259,8 +289,10 @@ class _Markers:
             scale: tuple[float, float, float], color: Any, text: str = "",
             points: Sequence[tuple[float, float, float]] = ()) -> None:
         m = self.make
-        marker_id = self._next_id.get(ns, 0)
-        self._next_id[ns] = marker_id + 1
+        if self.source is not None:
+            ns = self.source.namespace(ns)
+        marker_id = self.next_id.get(ns, 0)
+        self.next_id[ns] = marker_id + 1
         pose = self.pose(position)
         self.markers.append(m(
             "visualization_msgs/msg/Marker", header=header_msg(m, self.header), ns=ns,
@@ -270,6 +302,18 @@ class _Markers:
             points=[self.point(*p) for p in points],
         ))
 
+    def array(self) -> Any:
+        """The MarkerArray: first what clears the previous array (a DELETEALL, or with a source
+        a DELETE per id of its previous array not reused), then the markers."""
+        if self.source is None:
+            clear = [self.control(MARKER_DELETEALL)]
+        else:
+            previous = self.source.replace(self.next_id)
+            clear = [self.control(MARKER_DELETE, ns=ns, id=marker_id)
+                     for ns, count in previous.items()
+                     for marker_id in range(self.next_id.get(ns, 0), count)]
+        return self.make("visualization_msgs/msg/MarkerArray", markers=clear + self.markers)
+
 
 def markers_msg(
     make: MessageFactory,
@@ -278,16 +322,18 @@ def markers_msg(
     intrinsics: CameraIntrinsics | None = None,
     *,
     lifetime_s: float = MARKER_LIFETIME_S,
+    source: MarkerSource | None = None,
 ) -> Any:
     """RViz MarkerArray in the header's frame (camera optical frame: x right, y down, z ahead):
-    a DELETEALL (the previous graph's objects vanish); per object with a 3D position a
-    translucent CUBE sized from its box at that depth and a text label above it; per object with
-    a box but no position a label on the ray through the box centre at LABEL_DEPTH_M; per
-    relation between two placed objects an ARROW subject -> object and the predicate at its
-    middle. `intrinsics` (of an image of the graph's size) place the rays; without them a
-    nominal 60 degree field of view does."""
+    a DELETEALL (the previous graph's objects vanish; with a `source`, DELETEs of its own
+    previous markers only and namespaces under its name: see MarkerSource); per object with a
+    3D position a translucent CUBE sized from its box at that depth and a text label above it;
+    per object with a box but no position a label on the ray through the box centre at
+    LABEL_DEPTH_M; per relation between two placed objects an ARROW subject -> object and the
+    predicate at its middle. `intrinsics` (of an image of the graph's size) place the rays;
+    without them a nominal 60 degree field of view does."""
     k = intrinsics or nominal_intrinsics(graph.image_width, graph.image_height)
-    out = _Markers(make, header, lifetime_s)
+    out = _Markers(make, header, lifetime_s, source)
     text_scale = (0.0, 0.0, TEXT_HEIGHT_M)
     positions: dict[str, tuple[float, float, float]] = {}
     for obj in graph.objects:
@@ -323,7 +369,7 @@ def markers_msg(
         middle = tuple((a + b) / 2.0 for a, b in zip(start, end, strict=True))
         out.add(NAMESPACE_RELATIONS, MARKER_TEXT_VIEW_FACING, middle, text_scale,
                 out.color(white, 0.9), text=rel.predicate)
-    return make("visualization_msgs/msg/MarkerArray", markers=out.markers)
+    return out.array()
 
 
 # ------------------------------------------------------------------ vision_msgs mirror
@@ -393,12 +439,14 @@ class AnswerOutputs:
         *,
         depth: AlignedDepth | None = None,
         camera_info: Any | None = None,
+        marker_source: MarkerSource | None = None,
     ) -> None:
         self.make = make
         self.request = request
         self.header = FrameHeader.of(header)
         self.depth = depth
         self.camera_info = camera_info
+        self.marker_source = marker_source
         self._scene: tuple[SceneGraph, SceneOutputs] | None = None
 
     def scene(self, graph: SceneGraph, observation: str) -> SceneOutputs:
@@ -412,7 +460,8 @@ class AnswerOutputs:
         outputs = SceneOutputs(
             graph=located,
             scene_graph=scene_graph_msg(self.make, located, self.header, observation),
-            markers=markers_msg(self.make, located, self.header, intrinsics),
+            markers=markers_msg(self.make, located, self.header, intrinsics,
+                                source=self.marker_source),
         )
         self._scene = (graph, outputs)
         return outputs

@@ -18,15 +18,16 @@ from rclpy.lifecycle import LifecycleNode
 from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
 
 from ..core.images import ImageConversionError
-from ..core.outputs import AnswerOutputs, Request
+from ..core.outputs import AnswerOutputs, MarkerSource, Request
 from ..core.scene import SceneGraph
 from ..core.status import AnswerStatus
 from ..core.text import one_line
 from ..core.types import InvalidQuestion
+from . import topics
 from .conversions import image_msg_to_rgb, rclpy_message
 from .diagnostics import ServingStats
 from .frames import Frame
-from .intake import CameraIntake
+from .intake import Camera, CameraIntake
 from .params import NodeSettings
 from .publishing import Publishers
 from .worker import FeedbackEvent, Job, Stage, StageTracker, StopReason
@@ -66,13 +67,20 @@ class Answerer:
         self._now_s = now_s
         self.engine: Any = None  # set on configure, None after cleanup
         self.settings: NodeSettings | None = None
-        # Called with the frame a standing question is answered about (the node skips frames
-        # it already answered).
-        self.on_standing_frame: Callable[[Frame], None] = lambda frame: None
+        # Called with the camera and frame a standing question is answered about (the standing
+        # question skips frames it already answered).
+        self.on_standing_frame: Callable[[str, Frame], None] = lambda camera, frame: None
+        # Named cameras share the markers topic: each has its own namespaces (core.outputs).
+        self._marker_sources = {name: MarkerSource(name) for name in intake.cameras if name}
 
-    def camera(self, name: str):
+    def camera(self, name: str) -> Camera | None:
         """The camera `name` names ("" = the first), None when there is none."""
         return self._intake.camera(name)
+
+    def camera_name(self, name: str) -> str:
+        """The name a request's `camera` stands for: "" is the first camera; an unknown name
+        stays as it is (admission answers INVALID_REQUEST naming the cameras)."""
+        return name or self._intake.camera("").name
 
     def status(self, request: AskRequest, status: AnswerStatus, message: str,
                header: Any = None, **extra: Any) -> SpatialAnswerMsg:
@@ -86,8 +94,9 @@ class Answerer:
         camera = self._intake.camera(request.camera)
         if camera is None:
             known = ", ".join(repr(n) for n in self._intake.cameras)
-            return AnswerStatus.INVALID_REQUEST, f"unknown camera {request.camera!r}; " \
-                f"cameras: {known}", None
+            asked = one_line(repr(request.camera), max_chars=80)
+            return (AnswerStatus.INVALID_REQUEST, f"unknown camera {asked}; cameras: {known}",
+                    None)
         frame = camera.images.peek()
         if frame is None:
             return AnswerStatus.NO_IMAGE, "no camera image received yet", None
@@ -118,7 +127,7 @@ class Answerer:
         frame = camera.images.take()
         header = frame.message.header
         if request.standing:
-            self.on_standing_frame(frame)
+            self.on_standing_frame(camera.name, frame)
         try:
             rgb = image_msg_to_rgb(frame.message, settings.engine.max_image_pixels)
         except ImageConversionError as exc:
@@ -132,7 +141,8 @@ class Answerer:
             depth = camera.aligned_depth(frame.stamp_s, settings.depth_stamp_tolerance_s,
                                          source_size, settings.engine.max_image_pixels)
         outputs = AnswerOutputs(rclpy_message, request.echo, header, depth=depth,
-                                camera_info=camera.camera_info)
+                                camera_info=camera.camera_info,
+                                marker_source=self._marker_sources.get(camera.name))
         stream = _Stream(job, outputs, self._publishers)
         job.feedback.push(FeedbackEvent(Stage.OBSERVING, ""))
         t0 = time.monotonic()
@@ -150,22 +160,24 @@ class Answerer:
         if scene is not streamed:  # `</scene>` never closed, or the final graph differs
             self._publish_scene(outputs, scene)
         job.feedback.push(FeedbackEvent(Stage.ANSWERED, ""))
-        if settings.publish_debug_image and self._publishers.subscribers("debug_image") > 0:
-            self._publish_debug_image(outputs, rgb, scene, result)
+        debug_topic = camera.topic(topics.DEBUG_IMAGE)
+        if settings.publish_debug_image and self._publishers.subscribers(debug_topic) > 0:
+            self._publish_debug_image(debug_topic, outputs, rgb, scene, result)
         return answer
 
     def _publish_scene(self, outputs: AnswerOutputs, scene) -> None:
         detections = outputs.detections(scene) if self._publishers.publishes_detections else None
         self._publishers.publish_scene(scene, detections)
 
-    def _publish_debug_image(self, outputs: AnswerOutputs, rgb, scene, result) -> None:
+    def _publish_debug_image(self, topic: str, outputs: AnswerOutputs, rgb, scene,
+                             result) -> None:
         try:
             image = outputs.debug_image(outputs.annotate(rgb, scene, result))
         except Exception as exc:  # noqa: BLE001 - the debug image never fails an answer
             self._node.get_logger().warning(f"debug image failed: {exc}",
                                             throttle_duration_sec=5.0)
             return
-        if self._publishers.publish("debug_image", image):
+        if self._publishers.publish(topic, image):
             self._stats.debug_image()
 
     def _failed(self, job: Job, request: AskRequest, exc: Exception, outputs: AnswerOutputs,

@@ -1,8 +1,10 @@
-"""Serving counters and the /diagnostics status built from them."""
+"""Serving counters and the /diagnostics statuses: one for inference (the serving figures, frames
+of all cameras summed) and one per camera (its frames and the age of its newest one)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from ..core.status import AnswerStatus
 from ..core.text import one_line
+from .intake import CameraReport
 
 
 @dataclass
@@ -100,10 +103,39 @@ def _format_value(value: Any) -> str:
     return one_line(value, max_chars=500)
 
 
+def camera_status(node_name: str, report: CameraReport, *, active: bool, state: str,
+                  max_image_age_s: float) -> DiagnosticStatus:
+    """`<node>: camera <name>` (`<node>: camera` for the unnamed one): WARN while active with no
+    frame yet or a newest frame older than max_image_age_s (a stopped camera), OK otherwise."""
+    name = f"{node_name}: camera {report.name}" if report.name else f"{node_name}: camera"
+    status = DiagnosticStatus(name=name, hardware_id=report.topic)
+    age = report.newest_frame_age_s
+    if not active:
+        status.level, status.message = DiagnosticStatus.OK, state
+    elif age is None:
+        status.level, status.message = DiagnosticStatus.WARN, "no frame received yet"
+    elif age > max_image_age_s:
+        status.level = DiagnosticStatus.WARN
+        status.message = (f"stale: newest frame {age:.1f} s old "
+                          f"(max_image_age_s {max_image_age_s:g})")
+    else:
+        status.level, status.message = DiagnosticStatus.OK, "receiving"
+    values = {
+        "camera": report.name,
+        "topic": report.topic,
+        "frames_received": report.frames_received,
+        "frames_dropped": report.frames_dropped,
+        "newest_frame_age_s": "none" if age is None else age,
+    }
+    status.values = [KeyValue(key=k, value=_format_value(v)) for k, v in values.items()]
+    return status
+
+
 def diagnostic_array(name: str, values: dict[str, Any], *, config_error: str, active: bool,
-                     state: str, stamp: Any) -> DiagnosticArray:
-    """One DiagnosticStatus: ERROR when configure failed, WARN after inference errors or
-    timeouts, OK otherwise; every figure as a key/value."""
+                     state: str, stamp: Any,
+                     cameras: Sequence[DiagnosticStatus] = ()) -> DiagnosticArray:
+    """The inference DiagnosticStatus (ERROR when configure failed, WARN after inference errors
+    or timeouts, OK otherwise; every figure as a key/value), then the cameras' statuses."""
     status = DiagnosticStatus(name=name, hardware_id=f"{values.get('backend', '')}:"
                                                      f"{values.get('device', '')}")
     if config_error:
@@ -119,6 +151,6 @@ def diagnostic_array(name: str, values: dict[str, Any], *, config_error: str, ac
     else:
         status.level, status.message = DiagnosticStatus.OK, "serving"
     status.values = [KeyValue(key=k, value=_format_value(v)) for k, v in values.items()]
-    array = DiagnosticArray(status=[status])
+    array = DiagnosticArray(status=[status, *cameras])
     array.header.stamp = stamp
     return array

@@ -29,6 +29,10 @@ class Frame(Generic[T]):
     def age_s(self, now_s: float) -> float:
         return now_s - self.stamp_s
 
+    def staleness_s(self, now_s: float) -> float:
+        """The age staleness is judged by: by stamp or by receipt, whichever is older."""
+        return max(self.age_s(now_s), now_s - self.received_s)
+
     def unusable_reason(self, now_s: float, max_age_s: float, max_future_s: float) -> str | None:
         """Why this frame may not be answered about now, or None. Too old by its stamp, stamped
         further ahead of the clock than `max_future_s` (clock skew: such a frame would never go
@@ -38,7 +42,7 @@ class Frame(Generic[T]):
         if ahead > max_future_s:
             return (f"newest image is stamped {ahead:.2f} s ahead of the node's clock "
                     f"(more than max_future_stamp_s = {max_future_s:g}: clock skew?)")
-        age = max(self.age_s(now_s), now_s - self.received_s)
+        age = self.staleness_s(now_s)
         if age > max_age_s:
             return f"newest image is {age:.2f} s old; max_image_age_s is {max_age_s:g}"
         return None

@@ -36,6 +36,17 @@ CAMERA_QOS = QoSProfile(
 DEPTH_HISTORY = 16  # depth frames kept per camera to match an image's stamp
 
 
+@dataclass(frozen=True)
+class CameraReport:
+    """One camera's figures for /diagnostics."""
+
+    name: str
+    topic: str  # the image topic subscribed (after namespace and remapping); "" before that
+    frames_received: int
+    frames_dropped: int
+    newest_frame_age_s: float | None  # by stamp or receipt, whichever is older; None: no frame
+
+
 @dataclass
 class Camera:
     """One camera's streams. `name` "" is the single camera on the node's own topics (`image`,
@@ -47,9 +58,16 @@ class Camera:
         default_factory=lambda: StampedHistory(capacity=DEPTH_HISTORY)
     )
     camera_info: CameraInfo | None = None
+    image_topic: str = ""  # resolved, once subscribed
 
     def topic(self, base: str) -> str:
-        return f"{self.name}/{base}" if self.name else base
+        return topics.camera_topic(self.name, base)
+
+    def report(self, now_s: float) -> CameraReport:
+        stats = self.images.stats
+        frame = self.images.peek()
+        age = None if frame is None else frame.staleness_s(now_s)
+        return CameraReport(self.name, self.image_topic, stats.received, stats.dropped, age)
 
     def clear(self) -> None:
         self.images.clear()
@@ -94,6 +112,10 @@ class CameraIntake:
             return next(iter(self.cameras.values()))
         return self.cameras.get(name)
 
+    def reports(self) -> list[CameraReport]:
+        now_s = self._clock_s()
+        return [camera.report(now_s) for camera in self.cameras.values()]
+
     def _spin(self) -> None:
         try:
             self._executor.spin()
@@ -108,7 +130,8 @@ class CameraIntake:
         """Subscribe every camera's topics (`resolve` applies the main node's namespace and
         remappings)."""
         for camera in self.cameras.values():
-            self._add(Image, resolve(camera.topic(topics.IMAGE)), self._on_image(camera))
+            camera.image_topic = resolve(camera.topic(topics.IMAGE))
+            self._add(Image, camera.image_topic, self._on_image(camera))
             if use_compressed:
                 self._add(CompressedImage, resolve(camera.topic(topics.COMPRESSED_IMAGE)),
                           self._on_image(camera))

@@ -14,6 +14,10 @@ callback has returned, so destroying a service on deactivate could lose the CANC
 request that deactivation just stopped; and a planner learns why it gets no answer instead of
 timing out on a vanished service.
 
+Cameras: the `cameras` parameter names them (default one camera on the node's own topics); they
+share the one model and worker. Requests name a camera (`camera`, "" = the first); the standing
+question visits the cameras in turn, after requests (`standing`).
+
 This module is the wiring; the jobs live in their own modules: camera intake (`intake`),
 requests and feedback (`requests`), running one request (`answering`), the standing question
 (`standing`), outputs (`publishing`, contents from `core.outputs`), `diagnostics`, parameters
@@ -45,9 +49,15 @@ from ..core.text import one_line
 from ..core.types import Result
 from . import topics
 from .answering import Answerer, AskRequest
-from .diagnostics import ServingStats, diagnostic_array
+from .diagnostics import ServingStats, camera_status, diagnostic_array
 from .intake import CameraIntake
-from .params import NodeSettings, declare_parameters, validate_values
+from .params import (
+    DEFAULT_CAMERAS,
+    NodeSettings,
+    declare_parameters,
+    validate_value,
+    validate_values,
+)
 from .publishing import Publishers
 from .requests import WAIT_SLACK_S, RequestServer
 from .standing import StandingQuestion
@@ -107,7 +117,12 @@ class SpatialThinkerNode(LifecycleNode):
         self._config_error = ""
 
         self.stats = ServingStats()
-        self.intake = CameraIntake(self, ("",), self._now_s)
+        # `cameras` is read-only: the intake's cameras exist for the node's whole life (a bad
+        # value fails configure; meanwhile the node has the default camera).
+        cameras = values.get("cameras")
+        if validate_value("cameras", cameras) is not None:
+            cameras = DEFAULT_CAMERAS
+        self.intake = CameraIntake(self, tuple(cameras), self._now_s)
         self.outputs = Publishers(self, self.stats)
         self.answerer = Answerer(self, self.intake, self.outputs, self.stats, self._now_s)
         self.answerer.settings = self._settings
@@ -159,7 +174,7 @@ class SpatialThinkerNode(LifecycleNode):
             return self._configure_failed(f"could not load the model: {one_line(exc)}")
         self._engine = engine
         self.answerer.engine = engine
-        self.outputs.create()
+        self.outputs.create(tuple(self.intake.cameras))
         self._state = "inactive"
         self._config_error = ""
         self.get_logger().info(f"model loaded: {engine.describe()}")
@@ -251,8 +266,9 @@ class SpatialThinkerNode(LifecycleNode):
 
     def _apply_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
-        if "standing_choices" in changes and changes["standing_choices"] is None:
-            changes["standing_choices"] = []
+        for name in ("standing_choices", "standing_cameras"):  # lists that may be emptied
+            if name in changes and changes[name] is None:
+                changes[name] = []
         merged = {**self._values, **changes}
         known = set(validate_values(self._values))
         problems = [p for p in validate_values(merged) if p not in known]
@@ -266,7 +282,8 @@ class SpatialThinkerNode(LifecycleNode):
         if {"standing_question", "standing_choices"} & changes.keys():
             self.standing.set_from_params(settings,
                                           question_changed="standing_question" in changes)
-        if old.rate_hz != settings.rate_hz and self.requests.active:
+        timing = (old.rate_hz, old.standing_order) != (settings.rate_hz, settings.standing_order)
+        if timing and self.requests.active:
             self.standing.start()
         return SetParametersResult(successful=True)
 
@@ -304,6 +321,7 @@ class SpatialThinkerNode(LifecycleNode):
         frames = [c.images.stats for c in self.intake.cameras.values()]
         worker = self.worker.stats
         values.update(
+            cameras=len(frames),
             frames_received=sum(f.received for f in frames),
             frames_dropped=sum(f.dropped for f in frames),
             queue_depth=worker.queue_depth,
@@ -328,7 +346,10 @@ class SpatialThinkerNode(LifecycleNode):
         else:
             values.setdefault("backend", self._settings.engine.backend)
             values.setdefault("model", self._settings.engine.model)
+        name, active = self.get_fully_qualified_name(), self.requests.active
+        cameras = [camera_status(name, report, active=active, state=self._state,
+                                 max_image_age_s=self._settings.max_image_age_s)
+                   for report in self.intake.reports()]
         return diagnostic_array(
-            f"{self.get_fully_qualified_name()}: inference", values,
-            config_error=self._config_error, active=self.requests.active, state=self._state,
-            stamp=self.get_clock().now().to_msg())
+            f"{name}: inference", values, config_error=self._config_error, active=active,
+            state=self._state, stamp=self.get_clock().now().to_msg(), cameras=cameras)

@@ -21,11 +21,14 @@ from ..core.options import (
     option_problem,
 )
 from ..core.prompt import MAX_CHOICES, question_problem
+from .topics import camera_name_problem
 
 STRING_ARRAY = "string_array"  # marker default: a string array declared without a value
 # The standing question's timer period is 1 / rate_hz: below this rate it is "off" in practice
 # (one answer a day), and rclpy's timers overflow for periods near 2**63 ns.
 MIN_RATE_HZ = 1e-3
+MAX_CAMERAS = 16
+DEFAULT_CAMERAS = ("",)  # one camera on the node's own topics (image, depth, camera_info)
 
 
 def _choices_problem(value: Any) -> str | None:
@@ -34,6 +37,35 @@ def _choices_problem(value: Any) -> str | None:
         return f"standing_choices holds at most {MAX_CHOICES} options; got {len(choices)}"
     if any(not isinstance(c, str) or not c.strip() for c in choices):
         return "standing_choices must not contain empty options"
+    return None
+
+
+def _names(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _cameras_problem(value: Any) -> str | None:
+    names = _names(value)
+    if not 1 <= len(names) <= MAX_CAMERAS:
+        return f"cameras must name 1 to {MAX_CAMERAS} cameras; got {len(names)}"
+    if "" in names and len(names) > 1:
+        return ("cameras: the empty name (the node's own image topic) must be the only camera; "
+                f"got {names!r}")
+    for name in names:
+        problem = camera_name_problem(name) if name != "" else None
+        if problem is not None:
+            return f"cameras: {problem}"
+    if len(set(names)) != len(names):
+        return f"cameras must not repeat a name; got {names!r}"
+    return None
+
+
+def _standing_cameras_problem(value: Any) -> str | None:
+    names = _names(value or [])
+    if any(not isinstance(n, str) for n in names):
+        return f"standing_cameras must be camera names; got {names!r}"
+    if len(set(names)) != len(names):
+        return f"standing_cameras must not repeat a name; got {names!r}"
     return None
 
 
@@ -46,10 +78,18 @@ def _rate_problem(value: Any) -> str | None:
 NODE_OPTIONS: tuple[Option, ...] = (
     Option("autostart", False, "Configure and activate on start (main() only)", kind=bool),
     Option(
+        "cameras",
+        list(DEFAULT_CAMERAS),
+        'Camera names; a camera C reads C/image (C/image/compressed, C/depth, C/camera_info) and '
+        'publishes C/debug_image; [""]: one camera on image, depth, camera_info',
+        kind=list,
+        check=_cameras_problem,
+    ),
+    Option(
         "rate_hz",
         1.0,
-        "Rate of answering the standing question on the newest frame; 0 disables standing "
-        "questions",
+        "Rate of answering the standing question on the newest frame of each standing camera "
+        "(cameras take turns); 0 disables standing questions",
         kind=float,
         float_range=(0.0, 30.0),
         check=_rate_problem,
@@ -67,6 +107,14 @@ NODE_OPTIONS: tuple[Option, ...] = (
         "Answer options of the standing question",
         kind=list,
         check=_choices_problem,
+        read_only=False,
+    ),
+    Option(
+        "standing_cameras",
+        STRING_ARRAY,
+        "Cameras the standing question is answered for, in turn; empty: every camera",
+        kind=list,
+        check=_standing_cameras_problem,
         read_only=False,
     ),
     Option(
@@ -127,9 +175,11 @@ class NodeSettings:
 
     engine: EngineConfig
     autostart: bool
+    cameras: tuple[str, ...]
     rate_hz: float
     standing_question: str
     standing_choices: tuple[str, ...]
+    standing_cameras: tuple[str, ...]
     max_image_age_s: float
     max_future_stamp_s: float
     max_queue: int
@@ -144,12 +194,18 @@ class NodeSettings:
         """Settings from parameter values (missing ones take their defaults); call only with
         values `validate_values` accepted."""
         merged = {**default_values(), **{k: v for k, v in values.items() if k in PARAMETER_BY_NAME}}
-        merged["standing_choices"] = tuple(merged["standing_choices"] or ())
+        for name in ("standing_choices", "standing_cameras", "cameras"):
+            merged[name] = tuple(merged[name] or ())
         for name, opt in PARAMETER_BY_NAME.items():
             if opt.kind is float and isinstance(merged[name], int):
                 merged[name] = float(merged[name])
         own = {f.name: merged[f.name] for f in fields(cls) if f.name != "engine"}
         return cls(engine=EngineConfig.from_options(merged), **own)
+
+    @property
+    def standing_order(self) -> tuple[str, ...]:
+        """The cameras the standing question visits, in turn."""
+        return self.standing_cameras or self.cameras
 
     def values(self) -> dict[str, Any]:
         """Every parameter's value, by name."""
@@ -160,7 +216,12 @@ class NodeSettings:
 
 
 def default_values() -> dict[str, Any]:
-    return {o.name: ([] if o.default == STRING_ARRAY else o.default) for o in PARAMETERS}
+    def default(opt: Option) -> Any:
+        if opt.default == STRING_ARRAY:
+            return []
+        return list(opt.default) if isinstance(opt.default, list) else opt.default
+
+    return {o.name: default(o) for o in PARAMETERS}
 
 
 def validate_value(name: str, value: Any) -> str | None:
@@ -182,6 +243,10 @@ def validate_values(values: Mapping[str, Any]) -> list[str]:
         problem = validate_value(opt.name, merged[opt.name])
         if problem is not None:
             problems.append(problem)
+    cameras, standing = merged["cameras"], merged["standing_cameras"] or []
+    if not problems and any(name not in cameras for name in standing):
+        problems.append(f"standing_cameras must be among cameras {list(cameras)!r}; "
+                        f"got {list(standing)!r}")
     question, choices = merged["standing_question"], merged["standing_choices"] or []
     if isinstance(question, str) and question.strip() and not problems:
         problem = question_problem(question, list(choices), merged["max_question_chars"])

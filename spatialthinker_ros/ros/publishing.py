@@ -6,6 +6,7 @@ concurrent cleanup) is logged and counted, and the caller still gets its answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rclpy.lifecycle import LifecycleNode
@@ -34,7 +35,9 @@ def detection_message_type() -> type | None:
 
 
 class Publishers:
-    """scene_graph, answer, markers, debug_image and (where vision_msgs imports) detections."""
+    """scene_graph, answer, markers (shared by the cameras: the header tells the camera), a
+    debug_image per camera (`C/debug_image`), and (where vision_msgs imports) detections. Each
+    publisher is known by its relative topic name."""
 
     def __init__(self, node: LifecycleNode, stats: ServingStats) -> None:
         self._node = node
@@ -45,12 +48,13 @@ class Publishers:
     def active(self) -> bool:
         return bool(self._pubs)
 
-    def create(self) -> None:
+    def create(self, cameras: Sequence[str]) -> None:
         node = self._node
         specs = [
             (SceneGraphMsg, topics.SCENE_GRAPH, RELIABLE),
             (SpatialAnswerMsg, topics.ANSWER, RELIABLE),
-            (Image, topics.DEBUG_IMAGE, LATEST_ONLY_RELIABLE),
+            *[(Image, topics.camera_topic(c, topics.DEBUG_IMAGE), LATEST_ONLY_RELIABLE)
+              for c in cameras],
             (MarkerArray, topics.MARKERS, RELIABLE),
         ]
         detections = detection_message_type()

@@ -119,7 +119,7 @@ class RequestServer:
             choices=tuple(msg.choices),
             max_image_age_s=max_age if max_age > 0 and math.isfinite(max_age) else default_age,
             request_id=msg.request_id or uuid.uuid4().hex,
-            camera=msg.camera,
+            camera=self._answerer.camera_name(msg.camera),
             not_before_s=stamp_to_seconds(msg.not_before),
             stop_after=msg.stop_after,
         )

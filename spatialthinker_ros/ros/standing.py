@@ -1,9 +1,17 @@
-"""The standing question: answered at `rate_hz` about each new frame, after planner requests.
+"""The standing question: answered about each new frame of every standing camera, the cameras
+in turn at `rate_hz` each, after planner requests.
 
 Set by the `standing_question`/`standing_choices` parameters or the `question` topic (an empty
 string clears it); validated by the same rule as requests (a bad one is refused with a logged
-reason, never sent to the model). A tick submits it only when the worker is idle (requests go
-first) and the newest frame was not answered yet; its answers go to the `answer` topic.
+reason, never sent to the model). Its answers go to the `answer` topic. Scheduling:
+- the cameras (`standing_cameras`, default every camera) take turns in a fixed rotation; the
+  timer ticks at rate_hz x their number (at most MAX_TICK_HZ), one camera's turn per tick;
+- requests go first: a tick that finds the worker running or holding anything does nothing, and
+  the turn stays with its camera. So at most one standing answer is ever pending, and a planner
+  request waits behind at most one standing answer (the one running when it arrived);
+- on its turn a camera without a usable frame gets a NO_IMAGE/STALE_IMAGE answer; one whose
+  newest frame was answered already (by the standing question) is passed over; otherwise its
+  newest frame goes to the worker.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ from .frames import Frame
 from .params import NodeSettings
 from .worker import BusyPolicy, InferenceWorker
 
+MAX_TICK_HZ = 100.0
+
+
+def tick_period_s(rate_hz: float, cameras: int) -> float:
+    """The timer period giving each of `cameras` cameras one turn per 1 / rate_hz seconds."""
+    return 1.0 / min(rate_hz * max(cameras, 1), MAX_TICK_HZ)
+
 
 class StandingQuestion:
     def __init__(self, node: LifecycleNode, worker: InferenceWorker, answerer: Answerer,
@@ -32,7 +47,8 @@ class StandingQuestion:
         self._finish = finish  # counts and publishes an answer made without the worker
         self._lock = threading.Lock()
         self._question: tuple[str, tuple[str, ...], bool] | None = None  # (q, choices, param)
-        self._last_seq = 0
+        self._last_seq: dict[str, int] = {}  # camera -> seq of the frame last answered
+        self._turn = 0  # the rotation's position
         self._count = 0
         self._timer = None
         self._group = MutuallyExclusiveCallbackGroup()
@@ -52,7 +68,7 @@ class StandingQuestion:
                 self._question = (question, settings.standing_choices, True) if question else None
             elif self._question is not None and self._question[2]:
                 self._question = (self._question[0], settings.standing_choices, True)
-            self._last_seq = 0
+            self._last_seq.clear()
 
     def on_topic(self, msg: String) -> None:
         """A question published on `question` (empty: clear). Invalid ones are ignored with a
@@ -66,15 +82,16 @@ class StandingQuestion:
                 return
         with self._lock:
             self._question = (question, (), False) if question else None
-            self._last_seq = 0
+            self._last_seq.clear()
         self._node.get_logger().info(f"standing question {'set' if question else 'cleared'}")
 
     def start(self) -> None:
-        """(Re)create the timer for the current rate_hz (none when 0)."""
+        """(Re)create the timer for the current rate_hz and cameras (none when rate_hz is 0)."""
         self.stop()
-        rate = self._settings().rate_hz
-        if rate > 0:
-            self._timer = self._node.create_timer(1.0 / rate, self._on_tick,
+        settings = self._settings()
+        if settings.rate_hz > 0:
+            period = tick_period_s(settings.rate_hz, len(settings.standing_order))
+            self._timer = self._node.create_timer(period, self._on_tick,
                                                   callback_group=self._group)
 
     def stop(self) -> None:
@@ -82,9 +99,9 @@ class StandingQuestion:
             self._node.destroy_timer(self._timer)
             self._timer = None
 
-    def _answered_frame(self, frame: Frame) -> None:
+    def _answered_frame(self, camera: str, frame: Frame) -> None:
         with self._lock:
-            self._last_seq = frame.seq
+            self._last_seq[camera] = frame.seq
 
     def _on_tick(self) -> None:
         try:
@@ -95,25 +112,28 @@ class StandingQuestion:
 
     def _tick(self) -> None:
         with self._lock:
-            standing, last_seq = self._question, self._last_seq
+            standing = self._question
         if standing is None:
             return
         stats = self._worker.stats
         if stats.busy or stats.queue_depth:
-            return  # requests first; the next tick tries again
+            return  # requests first; the turn stays with its camera
         settings = self._settings()
+        order = settings.standing_order
+        with self._lock:
+            name = order[self._turn % len(order)]
+            self._turn += 1
+            last_seq = self._last_seq.get(name, 0)
         self._count += 1
         request = AskRequest(standing[0], standing[1], settings.max_image_age_s,
-                             f"standing-{self._count}", standing=True)
+                             f"standing-{self._count}", camera=name, standing=True)
         problem = self._answerer.frame_problem(request)
         if problem is not None:
             self._finish(self._answerer.status(request, *problem))
             return
-        camera = self._answerer.camera(request.camera)
+        camera = self._answerer.camera(name)
         frame = camera.images.peek() if camera is not None else None
         if frame is None or frame.seq == last_seq:
             return  # this frame was answered already
         self._worker.submit(request, timeout_s=settings.engine.timeout_s,
                             policy=BusyPolicy.REJECT)
-
-

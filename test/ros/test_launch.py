@@ -19,13 +19,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "perception.launch.py"
 PARAMS_FILE = ROOT / "config" / "perception.yaml"
+TWO_CAMERAS_FILE = ROOT / "config" / "two_cameras.yaml"
 RVIZ_FILE = ROOT / "config" / "spatialthinker.rviz"
 NODE_FILE = ROOT / "spatialthinker_ros" / "ros" / "node.py"
 PARAMS_MODULE = ROOT / "spatialthinker_ros" / "ros" / "params.py"
 NO_LAUNCH = "launch/launch_ros are not installable from PyPI here"
 REQUIRED_ARGUMENTS = {
     "model", "config_file", "namespace", "image", "depth", "camera_info", "question",
-    "use_sim_time", "autostart", "log_level",
+    "use_sim_time", "autostart", "log_level", "cameras", "remappings",
 }
 
 
@@ -99,16 +100,83 @@ def test_launch_file_declares_documented_arguments() -> None:
 
 
 def test_launch_remaps_every_topic_the_node_subscribes() -> None:
-    if not NODE_FILE.exists():
-        pytest.skip("spatialthinker_ros/ros/node.py does not exist yet")
-    remapped = set()
-    for call in _calls(LAUNCH_FILE, "LifecycleNode"):
-        for keyword in call.keywords:
-            if keyword.arg == "remappings":
-                remapped |= {e.elts[0].value for e in keyword.value.elts}
-    topics = node_subscribed_topics()
-    assert {"image", "question"} <= topics
-    assert topics <= remapped, f"not remapped: {topics - remapped}"
+    """The launch file remaps `question` and, through launch_args.camera_remappings, every
+    camera topic of every camera."""
+    from spatialthinker_ros.ros import topics
+    from spatialthinker_ros.ros.launch_args import camera_remappings
+
+    source = LAUNCH_FILE.read_text()
+    assert "camera_remappings(cameras," in source and '("question", arg("question"))' in source
+    assert {"image", "question"} <= node_subscribed_topics()
+    for cameras in (("",), ("head",), ("head", "arm/wrist")):
+        remapped = {name for name, _ in camera_remappings(cameras, "image", "depth",
+                                                          "camera_info")}
+        expected = {topics.camera_topic(c, t) for c in cameras for t in topics.CAMERA_TOPICS}
+        assert remapped == expected
+
+
+def test_camera_remap_templates() -> None:
+    from spatialthinker_ros.ros.launch_args import camera_remappings
+
+    # One unnamed camera: today's remaps, unchanged.
+    assert camera_remappings([""], "/cam/color/image_raw", "depth", "/cam/info") == [
+        ("image", "/cam/color/image_raw"), ("image/compressed", "/cam/color/image_raw/compressed"),
+        ("depth", "depth"), ("camera_info", "/cam/info")]
+    remaps = dict(camera_remappings(["head", "wrist"], "/{camera}/color/image_raw",
+                                    "aligned_depth", "/{camera}/color/camera_info"))
+    assert remaps["head/image"] == "/head/color/image_raw"
+    assert remaps["wrist/image/compressed"] == "/wrist/color/image_raw/compressed"
+    assert remaps["wrist/depth"] == "wrist/aligned_depth"  # relative: under the camera's name
+    assert remaps["head/camera_info"] == "/head/color/camera_info"
+    # One named camera may take an absolute topic.
+    assert dict(camera_remappings(["head"], "/x/image_raw", "depth", "camera_info"))[
+        "head/image"] == "/x/image_raw"
+
+
+@pytest.mark.parametrize(
+    ("cameras", "image", "reason"),
+    [
+        (["head", "wrist"], "/x/image_raw", "same topic"),
+        ([""], "/{camera}/image_raw", "needs named cameras"),
+        (["head"], " ", "empty"),
+    ],
+)
+def test_camera_remap_templates_that_cannot_work_say_why(cameras, image, reason) -> None:
+    from spatialthinker_ros.ros.launch_args import camera_remappings
+
+    with pytest.raises(ValueError, match=reason):
+        camera_remappings(cameras, image, "depth", "camera_info")
+
+
+def test_camera_list_and_remappings_arguments() -> None:
+    from spatialthinker_ros.ros.launch_args import parse_camera_list, parse_remappings
+
+    assert parse_camera_list("head,wrist") == ["head", "wrist"]
+    assert parse_camera_list(" [head, 'arm/wrist'] ") == ["head", "arm/wrist"]
+    assert parse_camera_list("") == []
+    assert parse_remappings("a/image:=/x b/image:=/y,c:=d") == [
+        ("a/image", "/x"), ("b/image", "/y"), ("c", "d")]
+    assert parse_remappings("") == []
+    with pytest.raises(ValueError, match="from:=to"):
+        parse_remappings("a/image=/x")
+
+
+def test_launch_reads_the_cameras_of_the_parameter_file(tmp_path) -> None:
+    from spatialthinker_ros.ros.launch_args import cameras_from_params_file
+
+    assert cameras_from_params_file(PARAMS_FILE, "spatialthinker_node") == [""]
+    assert cameras_from_params_file(TWO_CAMERAS_FILE, "spatialthinker_node") == ["head", "wrist"]
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({
+        "/**": {"ros__parameters": {"cameras": ["a"]}},
+        "/robot/perception": {"ros__parameters": {"cameras": ["b", "c"]}},
+        "other_node": {"ros__parameters": {"cameras": ["d"]}},
+    }))
+    assert cameras_from_params_file(own, "perception") == ["b", "c"]  # its own entry first
+    assert cameras_from_params_file(own, "spatialthinker_node") == ["a"]
+    none = tmp_path / "none.yaml"
+    none.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"rate_hz": 2.0}}}))
+    assert cameras_from_params_file(none, "spatialthinker_node") is None
 
 
 def test_launch_overrides_name_node_parameters() -> None:
@@ -124,28 +192,37 @@ def test_launch_overrides_name_node_parameters() -> None:
     assert overrides <= set(launch_arguments())
 
 
-def test_launch_description_loads_with_launch_ros() -> None:
+def _launch_node(**arguments: str):
+    """The launch file's node for these arguments (the others at their defaults) and the launch
+    context; skips where the launch system is not installed."""
     if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
         pytest.skip(NO_LAUNCH)
     # Runs where ROS 2 is installed (CI); launch is not on PyPI.
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
-    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
-    from launch_ros.actions import LifecycleNode
+    from launch.utilities import perform_substitutions
 
     description = get_launch_description_from_python_launch_file(str(LAUNCH_FILE))
-    arguments = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
-    assert REQUIRED_ARGUMENTS <= {a.name for a in arguments}
+    declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
+    assert REQUIRED_ARGUMENTS <= {a.name for a in declared}
     context = LaunchContext()
     context.launch_configurations["config_file"] = str(PARAMS_FILE)
-    for argument in arguments:
+    for argument in declared:
         if argument.name != "config_file":
             value = perform_substitutions(context, argument.default_value)
             context.launch_configurations[argument.name] = value
-    context.launch_configurations["image"] = "/cam/color/image_raw"
+    context.launch_configurations.update(arguments)
     (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
     (node,) = opaque.execute(context)
+    return node, context
+
+
+def test_launch_description_loads_with_launch_ros() -> None:
+    node, context = _launch_node(image="/cam/color/image_raw")  # skips without launch
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+    from launch_ros.actions import LifecycleNode
+
     assert isinstance(node, LifecycleNode)
 
     def text(value) -> str:  # a str or substitutions, depending on the launch_ros release
@@ -153,6 +230,25 @@ def test_launch_description_loads_with_launch_ros() -> None:
 
     assert text(node.node_package) == "spatialthinker_ros"
     assert text(node.node_executable) == "spatialthinker_node"
+    node._perform_substitutions(context)
+    assert ("image", "/cam/color/image_raw") in node.expanded_remapping_rules
+
+
+def test_launch_description_remaps_several_cameras() -> None:
+    node, context = _launch_node(cameras="head,wrist", image="/{camera}/color/image_raw",
+                                 remappings="wrist/image:=/usb_cam/image_raw")
+    node._perform_substitutions(context)
+    rules = node.expanded_remapping_rules
+    assert rules[0] == ("wrist/image", "/usb_cam/image_raw")  # first: rcl applies it
+    assert ("head/image", "/head/color/image_raw") in rules
+    assert ("head/image/compressed", "/head/color/image_raw/compressed") in rules
+    assert ("wrist/depth", "wrist/depth") in rules and ("question", "question") in rules
+    # The cameras of the parameter file when the argument is empty.
+    node, context = _launch_node(config_file=str(TWO_CAMERAS_FILE))
+    node._perform_substitutions(context)
+    assert {"head/image", "wrist/image"} <= {a for a, _ in node.expanded_remapping_rules}
+    with pytest.raises(ValueError, match="same topic"):
+        _launch_node(cameras="head,wrist", image="/camera/image_raw")
 
 
 # ------------------------------------------------------------------ parameter file
@@ -185,7 +281,8 @@ def test_parameter_file_values_are_the_node_defaults_and_valid() -> None:
         assert re.search(rf"#[^\n]*\n\s+{name}:", text), name
 
 
-def test_parameter_file_loads_into_the_node_declarations(ros_netns) -> None:
+@pytest.mark.parametrize("path", [PARAMS_FILE, TWO_CAMERAS_FILE], ids=lambda p: p.name)
+def test_parameter_file_loads_into_the_node_declarations(ros_netns, path: Path) -> None:
     """rcl parses the file (--params-file) and the node's declarations accept every value."""
     if not PARAMS_MODULE.exists():
         pytest.skip("spatialthinker_ros/ros/params.py does not exist yet")
@@ -194,7 +291,7 @@ def test_parameter_file_loads_into_the_node_declarations(ros_netns) -> None:
     from spatialthinker_ros.ros import params
 
     context = rclpy.context.Context()
-    rclpy.init(args=["test", "--ros-args", "--params-file", str(PARAMS_FILE)], context=context)
+    rclpy.init(args=["test", "--ros-args", "--params-file", str(path)], context=context)
     try:
         node = rclpy.create_node("spatialthinker_node", context=context)
         values, problems = params.declare_parameters(node)
@@ -202,7 +299,22 @@ def test_parameter_file_loads_into_the_node_declarations(ros_netns) -> None:
     finally:
         rclpy.shutdown(context=context)
     assert problems == []
-    assert {k: values[k] for k in params_file()} == params_file()
+    in_file = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    assert {k: values[k] for k in in_file} == in_file
+
+
+def test_two_cameras_example_is_valid_and_documented() -> None:
+    from spatialthinker_ros.ros import params
+
+    values = yaml.safe_load(TWO_CAMERAS_FILE.read_text())["/**"]["ros__parameters"]
+    assert set(values) <= declared_parameters()
+    assert params.validate_values(values) == []
+    settings = params.NodeSettings.from_values(values)
+    assert settings.cameras == ("head", "wrist") and settings.standing_order == ("wrist",)
+    text = TWO_CAMERAS_FILE.read_text()
+    assert "ros2 launch spatialthinker_ros perception.launch.py" in text
+    for name in values:  # every parameter has a comment line above it
+        assert re.search(rf"#[^\n]*\n\s+{name}:", text), name
 
 
 # ------------------------------------------------------------------ RViz config, package.xml

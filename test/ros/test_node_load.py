@@ -162,7 +162,7 @@ def node_process(ros, fitted_model_dir, tmp_path, large_image_env):
         "max_queue": 4,
         "timeout_s": 60.0,
     }
-    args = [sys.executable, "-m", "spatialthinker_ros.ros.node", "--ros-args",
+    args = [sys.executable, "-m", "spatialthinker_ros.ros.main", "--ros-args",
             "-r", f"__ns:={NAMESPACE}"]
     for key, value in params.items():
         args += ["-p", f"{key}:={str(value).lower() if isinstance(value, bool) else value}"]
@@ -226,7 +226,7 @@ class LoadClient:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(f"{NAMESPACE}/spatialthinker_node"):
+            if status.name == f"{NAMESPACE}/spatialthinker_node: inference":
                 with self._lock:
                     self._diagnostics.append({kv.key: kv.value for kv in status.values})
 

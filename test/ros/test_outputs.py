@@ -142,6 +142,11 @@ def as_bag(store, msg: Any, msgtype: str) -> Any:
     return plain(store.deserialize_cdr(bytes(serialize_message(msg)), msgtype))
 
 
+def in_bag(store, msg: Any, msgtype: str) -> Any:
+    """A rosbags message as a bag holds it (CDR: float32 fields rounded to float32)."""
+    return plain(store.deserialize_cdr(store.serialize_cdr(msg, msgtype), msgtype))
+
+
 # ------------------------------------------------------------------ node == replay
 
 
@@ -182,6 +187,7 @@ def test_marker_constants_match_visualization_msgs() -> None:
     assert outputs.MARKER_CUBE == Marker.CUBE
     assert outputs.MARKER_TEXT_VIEW_FACING == Marker.TEXT_VIEW_FACING
     assert outputs.MARKER_ADD == Marker.ADD
+    assert outputs.MARKER_DELETE == Marker.DELETE
     assert outputs.MARKER_DELETEALL == Marker.DELETEALL
 
 
@@ -460,6 +466,71 @@ def test_relation_arrow_between_located_objects() -> None:
 def test_empty_graph_markers_only_clear() -> None:
     array = outputs.markers_msg(rclpy_message, SceneGraph(), HEADER)
     assert [m.action for m in array.markers] == [Marker.DELETEALL]
+
+
+class RVizMarkers:
+    """What a MarkerArray display shows, by (ns, id): ADD sets (or modifies) a marker, DELETE
+    removes one, DELETEALL removes every marker of the display (RViz 2, Foxglove)."""
+
+    def __init__(self) -> None:
+        self.shown: dict[tuple[str, int], str] = {}
+
+    def apply(self, array: MarkerArray) -> None:
+        for m in array.markers:
+            if m.action == Marker.DELETEALL:
+                self.shown.clear()
+            elif m.action == Marker.DELETE:
+                self.shown.pop((m.ns, m.id), None)
+            else:
+                self.shown[(m.ns, m.id)] = m.text
+
+
+def graph_of(n_located: int, n_relations: int = 0) -> SceneGraph:
+    objects = tuple(SceneObject(f"o.{i}", "o", Box(10.0 * i, 0.0, 10.0 * i + 5, 5.0),
+                                (float(i), 0.0, 2.0)) for i in range(n_located))
+    relations = tuple(Relation(f"o.{i}", "near", f"o.{i + 1}") for i in range(n_relations))
+    return SceneGraph(objects=objects, relations=relations, image_width=640, image_height=480)
+
+
+def test_cameras_sharing_the_markers_topic_replace_only_their_own_markers() -> None:
+    """Per-camera namespaces; each array clears exactly its camera's previous markers (a
+    DELETEALL would clear every camera's): after any sequence, the display shows the union of
+    each camera's newest graph."""
+    sources = {name: outputs.MarkerSource(name) for name in ("head", "arm/wrist")}
+    display = RVizMarkers()
+    newest: dict[str, set[tuple[str, int]]] = {}
+    sequence = [("head", graph_of(3, 2)), ("arm/wrist", graph_of(2, 1)), ("head", graph_of(1)),
+                ("arm/wrist", graph_of(4, 3)), ("head", SceneGraph()), ("head", graph_of(2, 1)),
+                ("arm/wrist", graph_of(0))]
+    for name, graph in sequence:
+        array = outputs.markers_msg(rclpy_message, graph, HEADER, source=sources[name])
+        assert Marker.DELETEALL not in [m.action for m in array.markers]
+        added = {(m.ns, m.id) for m in array.markers if m.action == Marker.ADD}
+        assert all(ns.startswith(f"{name}/") for ns, _ in added)
+        deleted = [(m.ns, m.id) for m in array.markers if m.action == Marker.DELETE]
+        assert all(ns.startswith(f"{name}/") for ns, _ in deleted)
+        assert not added & set(deleted)  # ids reused are modified in place, never deleted
+        display.apply(array)
+        newest[name] = added
+        assert set(display.shown) == set().union(*newest.values())
+    # Namespaces are the camera's name + the single-camera ones.
+    array = outputs.markers_msg(rclpy_message, graph_of(2, 1), HEADER, source=sources["head"])
+    assert {m.ns for m in array.markers if m.action == Marker.ADD} == {
+        f"head/{outputs.NAMESPACE_BOXES}", f"head/{outputs.NAMESPACE_LABELS}",
+        f"head/{outputs.NAMESPACE_RELATIONS}"}
+
+
+def test_camera_markers_are_the_same_through_both_factories(bag_make, store) -> None:
+    """Replay builds per-camera markers exactly as the node does."""
+    built = {}
+    for name, make in (("node", rclpy_message), ("bag", bag_make)):
+        source = outputs.MarkerSource("wrist")
+        outputs.markers_msg(make, graph_of(3, 2), HEADER, source=source)
+        built[name] = outputs.markers_msg(make, graph_of(1), HEADER, source=source)
+    msgtype = "visualization_msgs/msg/MarkerArray"
+    assert as_bag(store, built["node"], msgtype) == in_bag(store, built["bag"], msgtype)
+    # 3 cubes, 3 labels, 2 arrows + 2 predicates, then 1 cube and 1 label: 8 deleted
+    assert [m.action for m in built["node"].markers].count(Marker.DELETE) == 2 + 2 + 4
 
 
 def test_label_colours_are_stable_per_class() -> None:
