@@ -14,11 +14,11 @@ from spatialthinker_ros.core.parsing import (
 )
 from spatialthinker_ros.core.scene import (
     Box,
+    FinalAnswer,
     ParseStatus,
     Relation,
     SceneGraph,
     SceneObject,
-    SpatialAnswer,
 )
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT
 
@@ -112,7 +112,7 @@ def test_tiny_model_example_output_parses_ok():
         "ball."
     )
     assert r.scene_graph == EXAMPLE_GRAPH
-    assert r.answer == SpatialAnswer(option="A", text="left", matched_choice="left")
+    assert r.answer == FinalAnswer(option="A", text="left", matched_choice="left")
 
 
 def test_model_card_example_output_parses_ok():
@@ -122,7 +122,7 @@ def test_model_card_example_output_parses_ok():
     assert r.thought.startswith("Looking at the scene graph, the cat is positioned in front")
     assert r.thought.endswith("confirming the cat is on the floor in front of the couch.")
     assert r.scene_graph == CARD_GRAPH
-    assert r.answer == SpatialAnswer("B", "in front of the couch", "in front of")
+    assert r.answer == FinalAnswer("B", "in front of the couch", "in front of")
 
 
 def test_boxes_stay_in_model_frame_and_size_is_unset():
@@ -134,7 +134,7 @@ def test_boxes_stay_in_model_frame_and_size_is_unset():
 def test_without_choices_the_letter_is_kept_and_nothing_is_matched():
     r = parse_output(CARD_OUTPUT)
     assert r.status is ParseStatus.OK
-    assert r.answer == SpatialAnswer("B", "in front of the couch", "")
+    assert r.answer == FinalAnswer("B", "in front of the couch", "")
 
 
 def test_text_outside_tags_is_ignored():
@@ -142,7 +142,7 @@ def test_text_outside_tags_is_ignored():
     r = parse_output(text, MUG_CHOICES)
     assert r.status is ParseStatus.OK
     assert r.scene_graph == MUG_GRAPH
-    assert r.answer == SpatialAnswer("B", "behind", "behind")
+    assert r.answer == FinalAnswer("B", "behind", "behind")
 
 
 def test_tags_are_case_and_space_insensitive():
@@ -183,7 +183,7 @@ def test_non_str_raises_type_error():
 def test_option_forms(answer, option, text):
     r = parse_output(output(f"<answer>{answer}</answer>"), MUG_CHOICES)
     assert r.status is ParseStatus.OK, r.message
-    assert r.answer == SpatialAnswer(option, text, "behind")
+    assert r.answer == FinalAnswer(option, text, "behind")
 
 
 @pytest.mark.parametrize("answer", ["behind", "BEHIND", " Behind. ", "behind  "])
@@ -197,23 +197,23 @@ def test_text_only_answer_matches_choice_case_insensitively(answer):
 def test_text_only_answer_without_choices():
     r = parse_output(output("<answer> behind the laptop </answer>"))
     assert r.status is ParseStatus.OK
-    assert r.answer == SpatialAnswer("", "behind the laptop", "")
+    assert r.answer == FinalAnswer("", "behind the laptop", "")
 
 
 def test_unmatched_answer_stays_unmatched():
     r = parse_output(output("<answer> on the shelf </answer>"), MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("", "on the shelf", "")
+    assert r.answer == FinalAnswer("", "on the shelf", "")
     assert r.message == "answer matches no choice"
 
 
 def test_option_beyond_the_choices_is_not_an_option():
     r = parse_output(output("<answer> (E) far away </answer>"), MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("", "far away", "")
+    assert r.answer == FinalAnswer("", "far away", "")
     assert r.message == "option E is not among 4 choices; answer matches no choice"
     bare = parse_output(output("<answer>(E)</answer>"), MUG_CHOICES)
-    assert bare.answer == SpatialAnswer("", "(E)", "")
+    assert bare.answer == FinalAnswer("", "(E)", "")
     # Without choices any letter is an option.
     assert parse_output(output("<answer> (E) far away </answer>")).answer.option == "E"
 
@@ -221,7 +221,7 @@ def test_option_beyond_the_choices_is_not_an_option():
 def test_option_wins_over_contradicting_text_and_is_noted():
     r = parse_output(output("<answer> (A) behind </answer>"), MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("A", "behind", "in front of")
+    assert r.answer == FinalAnswer("A", "behind", "in front of")
     assert r.message == "answer text 'behind' is choice B, not A"
 
 
@@ -229,33 +229,33 @@ def test_answer_prefix_without_answer_tags():
     text = output("So the mug is behind the laptop.\nAnswer: (B) behind\n")
     r = parse_output(text, MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("B", "behind", "behind")
+    assert r.answer == FinalAnswer("B", "behind", "behind")
     assert r.message == "missing <answer>; used the text after 'Answer:'"
 
 
 def test_last_answer_prefix_wins():
     text = output("Answer: A maybe?\nFinal Answer: C")
-    assert parse_output(text, MUG_CHOICES).answer == SpatialAnswer("C", "", "left of")
+    assert parse_output(text, MUG_CHOICES).answer == FinalAnswer("C", "", "left of")
 
 
 def test_answer_missing_opening_tag():
     r = parse_output(output("(B) behind </answer>"), MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("B", "behind", "behind")
+    assert r.answer == FinalAnswer("B", "behind", "behind")
     assert r.message == "missing opening <answer>"
 
 
 def test_answer_missing_closing_tag():
     r = parse_output(output("<answer> (B) behind"), MUG_CHOICES)
     assert r.status is ParseStatus.PARTIAL
-    assert r.answer == SpatialAnswer("B", "behind", "behind")
+    assert r.answer == FinalAnswer("B", "behind", "behind")
     assert r.message == "unclosed <answer>"
 
 
 def test_repeated_answer_takes_the_last():
     text = output("<answer> (A) in front of </answer>\n<answer> (C) left of </answer>")
     r = parse_output(text, MUG_CHOICES)
-    assert r.answer == SpatialAnswer("C", "left of", "left of")
+    assert r.answer == FinalAnswer("C", "left of", "left of")
     assert r.status is ParseStatus.PARTIAL
     assert r.message == "repeated <answer>"
 
@@ -269,7 +269,7 @@ def test_trailing_empty_answer_is_skipped():
 def test_empty_answer_is_a_parse_error(answer):
     r = parse_output(output(answer), MUG_CHOICES)
     assert r.status is ParseStatus.PARSE_ERROR
-    assert r.answer == SpatialAnswer()
+    assert r.answer == FinalAnswer()
     assert r.message == "no answer: empty <answer>"
     # The rest is still parsed.
     assert r.scene_graph == MUG_GRAPH
@@ -445,7 +445,7 @@ def test_tags_inside_scene_json_strings_are_text(tag):
         SceneObject(tag, tag, Box(1.0, 2.0, 3.0, 4.0)),
     )
     assert r.scene_graph.relations == (Relation("cup.1", tag, tag),)
-    assert r.answer == SpatialAnswer(option="B", text="behind", matched_choice="behind")
+    assert r.answer == FinalAnswer(option="B", text="behind", matched_choice="behind")
     assert r.observation and r.thought
     assert r.message == "box with 1 values for 'cup.1' (dropped the box)"
     assert parse_scene_graph(output(scene=scene)) == r.scene_graph
@@ -461,7 +461,7 @@ def test_an_unbalanced_quote_in_the_scene_does_not_hide_later_tags():
     r = parse_output(text, MUG_CHOICES)
     assert r.thought == 'the "cup"'
     assert r.observation == "a cup"
-    assert r.answer == SpatialAnswer(option="B", text="behind", matched_choice="behind")
+    assert r.answer == FinalAnswer(option="B", text="behind", matched_choice="behind")
     assert r.status is ParseStatus.PARTIAL
     assert "repaired scene JSON" in r.message
 

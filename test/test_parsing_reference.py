@@ -10,9 +10,9 @@ import pytest
 from test_parsing import MUG_CHOICES, MUG_GRAPH, MUG_SCENE, OBSERVE, output
 
 from spatialthinker_ros.core.parsing import parse_output
-from spatialthinker_ros.core.scene import Box, ParseStatus, SceneGraph, SceneObject, SpatialAnswer
+from spatialthinker_ros.core.scene import Box, FinalAnswer, ParseStatus, SceneGraph, SceneObject
 
-BEHIND = SpatialAnswer("B", "behind", "behind")
+BEHIND = FinalAnswer("B", "behind", "behind")
 MISSING_ALL = "missing <observe>; missing <scene>; missing <think>; missing <answer>"
 
 
@@ -27,22 +27,22 @@ MISSING_ALL = "missing <observe>; missing <scene>; missing <think>; missing <ans
         ("<answer>\n{(B) behind}\n</answer>", BEHIND),
         ("<answer> ({B}) {behind} </answer>", BEHIND),
         ("<answer> (B) {behind} </answer>", BEHIND),
-        ("<answer> {behind} </answer>", SpatialAnswer("", "behind", "behind")),
-        ("<answer> {B} </answer>", SpatialAnswer("B", "", "behind")),
+        ("<answer> {behind} </answer>", FinalAnswer("", "behind", "behind")),
+        ("<answer> {B} </answer>", FinalAnswer("B", "", "behind")),
         # evals.py 916-922 `extract_answer`: the letter in parentheses, a trailing period.
-        ("<answer> (B). </answer>", SpatialAnswer("B", "", "behind")),
-        ("<answer> B. </answer>", SpatialAnswer("B", "", "behind")),
+        ("<answer> (B). </answer>", FinalAnswer("B", "", "behind")),
+        ("<answer> B. </answer>", FinalAnswer("B", "", "behind")),
         # evals.py 1159-1165: `(B) text` and (meant by pattern2) `B) text`.
         ("<answer> B) behind </answer>", BEHIND),
         # data_gen/generate_data.py 351, 622: training answers are the bare letter...
-        ("<answer>B</answer>", SpatialAnswer("B", "", "behind")),
+        ("<answer>B</answer>", FinalAnswer("B", "", "behind")),
         # ... or, 654 and 656, `(B) option text` and the option text only (evals.py 1168-1171
         # matches that against the choices, case-insensitively).
         ("<answer>(B) behind</answer>", BEHIND),
-        ("<answer>Behind</answer>", SpatialAnswer("", "Behind", "behind")),
+        ("<answer>Behind</answer>", FinalAnswer("", "Behind", "behind")),
         # Markdown or quotes around the answer (not in the reference; models do it).
         ("<answer> **(B) behind** </answer>", BEHIND),
-        ('<answer> "B" </answer>', SpatialAnswer("B", "", "behind")),
+        ('<answer> "B" </answer>', FinalAnswer("B", "", "behind")),
     ],
 )
 def test_answer_shapes_inside_tags(answer, expected):
@@ -57,7 +57,7 @@ def test_answer_shapes_inside_tags(answer, expected):
     ("answer", "expected", "message"),
     [
         ("<answer>Answer: (B) behind</answer>", BEHIND, ""),
-        ("<answer>Final Answer: B</answer>", SpatialAnswer("B", "", "behind"), ""),
+        ("<answer>Final Answer: B</answer>", FinalAnswer("B", "", "behind"), ""),
         (
             "So it is behind.\nAnswer: (B) behind",
             BEHIND,
@@ -105,10 +105,10 @@ def test_closing_tag_without_opening_tag():
 @pytest.mark.parametrize(
     ("text", "expected", "message"),
     [
-        ("B", SpatialAnswer("B", "", "behind"), f"{MISSING_ALL}; used untagged text"),
+        ("B", FinalAnswer("B", "", "behind"), f"{MISSING_ALL}; used untagged text"),
         ("(B) behind", BEHIND, f"{MISSING_ALL}; used untagged text"),
         ("{(B) behind}", BEHIND, f"{MISSING_ALL}; used untagged text"),
-        ("behind", SpatialAnswer("", "behind", "behind"), f"{MISSING_ALL}; used untagged text"),
+        ("behind", FinalAnswer("", "behind", "behind"), f"{MISSING_ALL}; used untagged text"),
         (
             output("(B) behind"),
             BEHIND,
@@ -116,7 +116,7 @@ def test_closing_tag_without_opening_tag():
         ),
         (
             output("The mug is (B) behind the laptop."),
-            SpatialAnswer("B", "behind the laptop.", "behind"),
+            FinalAnswer("B", "behind the laptop.", "behind"),
             "missing <answer>; used the untagged text after the last tag",
         ),
     ],
@@ -138,7 +138,7 @@ def test_untagged_answers(text, expected, message):
 )
 def test_untagged_text_naming_no_option_is_no_answer(text):
     r = parse_output(text, MUG_CHOICES)
-    assert r.answer == SpatialAnswer()
+    assert r.answer == FinalAnswer()
     assert r.status is ParseStatus.PARSE_ERROR
 
 
@@ -157,7 +157,7 @@ def test_untagged_text_naming_no_option_is_no_answer(text):
 )
 def test_unmatched_answers_are_not_mapped_to_a(answer, text):
     r = parse_output(output(answer), MUG_CHOICES)
-    assert r.answer == SpatialAnswer("", text, "")
+    assert r.answer == FinalAnswer("", text, "")
     assert r.status is ParseStatus.PARTIAL
     assert r.message == "answer matches no choice"
 

@@ -18,7 +18,7 @@ from test_parsing import MUG_CHOICES, output
 from test_parsing_fuzz import assert_publishable, string_fields
 
 from spatialthinker_ros.core.parsing import StreamParser, parse_output, parse_scene_graph
-from spatialthinker_ros.core.scene import Box, ParseStatus, Relation, SceneObject, SpatialAnswer
+from spatialthinker_ros.core.scene import Box, FinalAnswer, ParseStatus, Relation, SceneObject
 from spatialthinker_ros.core.text import REPLACEMENT as R
 from spatialthinker_ros.core.text import safe_text
 
@@ -44,7 +44,7 @@ def test_escaped_surrogates_and_nuls_in_the_scene_are_replaced(broken):
     assert r.scene_graph.objects == EXPECTED_OBJECTS
     assert r.scene_graph.relations == EXPECTED_RELATIONS
     assert r.message == ("repaired scene JSON" if broken else "")
-    assert r.answer == SpatialAnswer("B", "behind", "behind")
+    assert r.answer == FinalAnswer("B", "behind", "behind")
     assert_publishable(r)
     assert parse_scene_graph(output(scene=scene)) == r.scene_graph
 
@@ -71,7 +71,7 @@ def test_raw_surrogates_and_controls_in_every_section():
     assert r.observation == f"a{R}b{R}c{R}"
     assert r.thought == f"t{R}{R}"
     assert r.scene_graph.objects == (SceneObject(f"x{R}.1", f"x{R}", Box(1.0, 2.0, 3.0, 4.0)),)
-    assert r.answer == SpatialAnswer("B", f"be{R}hind{R}", f"be{R}hind{R}")
+    assert r.answer == FinalAnswer("B", f"be{R}hind{R}", f"be{R}hind{R}")
     assert r.status is ParseStatus.OK
     assert_publishable(r)
 
@@ -80,7 +80,7 @@ def test_unsafe_text_in_notes_is_replaced():
     scene = '{"objects": [{"id": "a\\ud800.1", "bbox": [1, 2]}]}'
     r = parse_output(output("<answer>(B) \x00nowhere</answer>", scene=scene), MUG_CHOICES)
     assert r.message == f"box with 2 values for 'a{R}.1' (dropped the box)"
-    assert r.answer == SpatialAnswer("B", f"{R}nowhere", "behind")
+    assert r.answer == FinalAnswer("B", f"{R}nowhere", "behind")
     assert_publishable(r)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spatialthinker_ros.core.images import ImageConversionError
-from spatialthinker_ros.core.scene import Box, Relation, SceneGraph, SceneObject, SpatialAnswer
+from spatialthinker_ros.core.scene import Box, FinalAnswer, Relation, SceneGraph, SceneObject
 from spatialthinker_ros.core.visualize import (
     PALETTE,
     draw_scene_graph,
@@ -118,7 +118,7 @@ def test_input_is_not_modified() -> None:
         (obj("cube.1", 10, 60, 50, 100), obj("ball.1", 150, 60, 190, 100)),
         (Relation("cube.1", "left of", "ball.1"),),
     )
-    out = draw_scene_graph(rgb, graph, SpatialAnswer("A", "left"))
+    out = draw_scene_graph(rgb, graph, FinalAnswer("A", "left"))
     np.testing.assert_array_equal(rgb, before)
     assert (out != rgb).any()
 
@@ -135,7 +135,7 @@ def test_read_only_and_strided_inputs_are_accepted() -> None:
 
 def test_answer_banner_darkens_the_top_and_leaves_the_rest() -> None:
     white = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
-    out = draw_scene_graph(white, SceneGraph(), SpatialAnswer("B", "right of the cube"))
+    out = draw_scene_graph(white, SceneGraph(), FinalAnswer("B", "right of the cube"))
     corner = out[2, WIDTH - 3]
     assert 0 < corner.max() < 128  # translucent dark banner
     assert (out[: HEIGHT // 4].min(axis=2) > 200).any()  # white answer text in it
@@ -144,9 +144,9 @@ def test_answer_banner_darkens_the_top_and_leaves_the_rest() -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [SpatialAnswer("", ""), SpatialAnswer("C", ""), SpatialAnswer("", "x" * 5000)],
+    [FinalAnswer("", ""), FinalAnswer("C", ""), FinalAnswer("", "x" * 5000)],
 )
-def test_partial_or_huge_answers_draw_a_banner(answer: SpatialAnswer) -> None:
+def test_partial_or_huge_answers_draw_a_banner(answer: FinalAnswer) -> None:
     out = draw_scene_graph(np.full((HEIGHT, WIDTH, 3), 255, np.uint8), SceneGraph(), answer)
     assert out[2, WIDTH - 3].max() < 128
 
@@ -178,7 +178,7 @@ def test_odd_boxes_do_not_crash(box: Box) -> None:
         (SceneObject("odd.1", "odd", box), obj("cube.1", 20, 40, 120, 130)),
         (Relation("odd.1", "near", "cube.1"), Relation("cube.1", "near", "odd.1")),
     )
-    out = draw_scene_graph(black(), graph, SpatialAnswer("A", "yes"))
+    out = draw_scene_graph(black(), graph, FinalAnswer("A", "yes"))
     assert out.shape == (HEIGHT, WIDTH, 3)
 
 
@@ -191,7 +191,7 @@ def test_fully_outside_box_draws_nothing() -> None:
 def test_tiny_and_thin_images(size: tuple[int, int]) -> None:
     width, height = size
     graph = SceneGraph((obj("cube.1", 0, 0, width, height),), (Relation("cube.1", "on", "x.1"),))
-    out = draw_scene_graph(np.zeros((height, width, 3), np.uint8), graph, SpatialAnswer("A", "x"))
+    out = draw_scene_graph(np.zeros((height, width, 3), np.uint8), graph, FinalAnswer("A", "x"))
     assert out.shape == (height, width, 3)
 
 
@@ -201,7 +201,7 @@ def test_model_text_with_odd_characters_is_drawn() -> None:
          obj("x" * 500 + ".1", 60, 20, 140, 50), obj("\x00\x1b[31m.2", 70, 110, 90, 140)),
         (Relation("猫.1", "🙂 left\r\nof", "line\nbreak\t.1"),),
     )  # fmt: skip
-    out = draw_scene_graph(black(), graph, SpatialAnswer("\n", "\x00 answer \u202e"))
+    out = draw_scene_graph(black(), graph, FinalAnswer("\n", "\x00 answer \u202e"))
     assert out.any()
 
 

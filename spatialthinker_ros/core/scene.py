@@ -68,7 +68,7 @@ class SceneGraph:
 
 
 @dataclass(frozen=True)
-class SpatialAnswer:
+class FinalAnswer:
     """The final answer: option letter (`B`) when the model gave one, and the answer text."""
 
     option: str = ""
@@ -91,7 +91,7 @@ class Reasoning:
     observation: str = ""
     scene_graph: SceneGraph = field(default_factory=SceneGraph)
     thought: str = ""
-    answer: SpatialAnswer = field(default_factory=SpatialAnswer)
+    answer: FinalAnswer = field(default_factory=FinalAnswer)
     status: ParseStatus = ParseStatus.PARSE_ERROR
     # Human-readable notes on what was missing or repaired ("" when OK).
     message: str = ""

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import ImageConversionError
-from .scene import Box, SceneGraph, SpatialAnswer
+from .scene import Box, FinalAnswer, SceneGraph
 
 Color = tuple[int, int, int]
 
@@ -160,7 +160,7 @@ def _arrow(
     )
 
 
-def _answer_text(answer: SpatialAnswer) -> str:
+def _answer_text(answer: FinalAnswer) -> str:
     option, text = _clean(answer.option), _clean(answer.text, _MAX_BANNER_CHARS)
     if option and text:
         return f"({option}) {text}"
@@ -176,7 +176,7 @@ def _fit_width(draw: ImageDraw.ImageDraw, text: str, font, max_width: int) -> st
 
 
 def draw_scene_graph(
-    rgb: np.ndarray, graph: SceneGraph, answer: SpatialAnswer | None = None
+    rgb: np.ndarray, graph: SceneGraph, answer: FinalAnswer | None = None
 ) -> np.ndarray:
     """A new H x W x 3 uint8 copy of `rgb` with the scene graph (and answer) drawn on it.
 

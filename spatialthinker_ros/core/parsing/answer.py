@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..scene import SpatialAnswer
+from ..scene import FinalAnswer
 from .notes import Notes, quoted
 from .tags import TAG_RE, Section, Tag, last_with_content, note_section
 
@@ -110,12 +110,12 @@ def answer_text(
     return ""
 
 
-def parse_answer(raw: str, choices: Sequence[str] | None, notes: Notes) -> SpatialAnswer:
+def parse_answer(raw: str, choices: Sequence[str] | None, notes: Notes) -> FinalAnswer:
     if not raw:
-        return SpatialAnswer()
+        return FinalAnswer()
     option, text = _split_option(raw)
     if not choices:
-        return SpatialAnswer(option=option, text=text)
+        return FinalAnswer(option=option, text=text)
     normalised = [_normalise(c) for c in choices]
     by_text = normalised.index(_normalise(text)) if text and _normalise(text) in normalised else -1
     if option:
@@ -123,10 +123,10 @@ def parse_answer(raw: str, choices: Sequence[str] | None, notes: Notes) -> Spati
         if index < len(choices):
             if by_text >= 0 and by_text != index:
                 notes.add(f"answer text {quoted(text)} is choice {chr(65 + by_text)}, not {option}")
-            return SpatialAnswer(option=option, text=text, matched_choice=choices[index])
+            return FinalAnswer(option=option, text=text, matched_choice=choices[index])
         notes.add(f"option {option} is not among {len(choices)} choices")
         option, text = "", text or raw
     if by_text >= 0:
-        return SpatialAnswer(text=text, matched_choice=choices[by_text])
+        return FinalAnswer(text=text, matched_choice=choices[by_text])
     notes.add("answer matches no choice")
-    return SpatialAnswer(option=option, text=text)
+    return FinalAnswer(option=option, text=text)
