@@ -8,9 +8,13 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
-INTERFACE_FILES = [
-    str(p.relative_to(ROOT)) for d in ("msg", "srv", "action") for p in (ROOT / d).glob("*.*")
-]
+
+
+def interface_files(kind: str) -> tuple[str, list[str]]:
+    """msg/srv/action files -> share/spatialthinker_ros/<kind>: the layout of a ROS install."""
+    files = sorted(f"{kind}/{path.name}" for path in (ROOT / kind).glob("*"))
+    return f"share/spatialthinker_ros/{kind}", files
+
 
 setup(
     name="spatialthinker_ros",
@@ -23,8 +27,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["spatialthinker_ros", "spatialthinker_ros.*"]),
-    # The .msg/.srv/.action definitions travel with the package (replay registers them in bags).
-    data_files=[("share/spatialthinker_ros/interfaces", INTERFACE_FILES)],
+    # The .msg/.srv/.action definitions travel with the package (replay registers them in bags;
+    # the LLM tool schema is generated from srv/AskSpatial.srv).
+    data_files=[interface_files(kind) for kind in ("msg", "srv", "action")],
     install_requires=[
         "numpy>=1.24",
         "pillow>=10.1",
@@ -40,6 +45,7 @@ setup(
     extras_require={
         "remote": ["openai>=1.40", "httpx>=0.27"],
         "eval": ["pyarrow>=14"],  # CV-Bench / BLINK parquet files (spatialthinker-ros eval)
+        "planner": ["py-trees>=2.2"],  # spatialthinker_ros.ros.behaviours (py_trees behaviour)
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -52,6 +58,7 @@ setup(
             "accelerate>=1.0",  # the model card's snippet uses device_map="auto"
             "transformers[serving]>=5,<6",  # a real OpenAI-compatible server for the remote tests
             "pyarrow>=14",  # the eval tests write and read benchmark parquet files
+            "py-trees>=2.2",  # the behaviour-tree tests tick a real tree
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},

@@ -22,10 +22,10 @@ MESSAGES = ("SceneObject", "SceneRelation", "SceneGraph", "SpatialAnswer")
 
 def interface_dir() -> Path:
     """Where SceneGraph.msg lives: the source tree's msg/, the pip-installed share folder, or the
-    ament share folder of a ROS install."""
+    ament share folder of a ROS install (srv/ and action/ are its siblings in all three)."""
     candidates = [
         Path(__file__).resolve().parent.parent / "msg",
-        Path(sys.prefix) / "share" / PACKAGE / "interfaces",
+        Path(sys.prefix) / "share" / PACKAGE / "msg",
     ]
     try:
         from ament_index_python.packages import get_package_share_directory

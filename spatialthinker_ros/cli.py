@@ -114,6 +114,13 @@ def make_test_model_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def tool_schema_main(args: argparse.Namespace) -> int:
+    from .tool_schema import main as schema_json
+
+    print(schema_json(args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spatialthinker-ros",
@@ -163,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit it (~10 s) to always answer with a fixed SpatialThinker-style output",
     )
     tiny.set_defaults(func=make_test_model_main)
+
+    schema = sub.add_parser("tool-schema", help="print the LLM tool schema of the ask call (JSON)")
+    schema.add_argument("--format", choices=("openai", "mcp"), default="openai",
+                        help="OpenAI function calling (default) or MCP tool")
+    schema.set_defaults(func=tool_schema_main)
     return parser
 
 

@@ -13,7 +13,8 @@ PACKAGE = PACKAGE_DIR.name
 MAX_LINES = 500
 # Modules that must never import rclpy (they run where ROS is not installed).
 ROS_FREE = ("core", "replay", "replay_config", "replay_frames", "replay_answers", "bag_io",
-            "bag_types", "sample_bag", "cli", "arguments", "evaluation", "testing")
+            "bag_types", "sample_bag", "cli", "arguments", "evaluation", "testing",
+            "interface_docs", "tool_schema")
 
 
 def module_name(path: Path) -> str:
