@@ -22,6 +22,8 @@ from spatialthinker_ros.msg import SceneGraph as SceneGraphMsg
 from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, decode_compressed, encode_jpeg, image_to_rgb
 from ..core.outputs import FrameHeader, header_msg, image_msg
 from ..core.scene import Box, Relation, SceneGraph, SceneObject
+from ..core.spatial_result import SpatialResult
+from ..core.status import AnswerStatus
 from ..core.text import safe_fields
 
 # ---------------------------------------------------------------- the message factory
@@ -110,4 +112,31 @@ def msg_to_scene_graph(msg: SceneGraphMsg) -> SceneGraph:
         relations=relations,
         image_width=int(msg.image_width),
         image_height=int(msg.image_height),
+    )
+
+
+def msg_to_spatial_result(msg: Any) -> SpatialResult:
+    """spatialthinker_ros/SpatialAnswer -> core SpatialResult. Raises ValueError for a status
+    this package does not know (a newer node)."""
+    graph = msg.scene_graph
+    return SpatialResult(
+        status=AnswerStatus(msg.status),
+        status_message=msg.status_message,
+        question=msg.question,
+        choices=tuple(msg.choices),
+        option=msg.option,
+        answer_text=msg.answer_text,
+        matched_choice=msg.matched_choice,
+        matched_index=int(msg.matched_index),
+        reasoning=msg.reasoning,
+        observation=graph.observation,
+        scene_graph=msg_to_scene_graph(graph),
+        header=FrameHeader.of(msg.header),
+        camera=msg.camera,
+        request_id=msg.request_id,
+        model=msg.model,
+        prompt_version=msg.prompt_version,
+        raw_output=msg.raw_output,
+        inference_time_s=stamp_to_seconds(msg.inference_time),
+        generated_tokens=int(msg.generated_tokens),
     )
