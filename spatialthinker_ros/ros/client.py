@@ -201,9 +201,12 @@ class SpatialThinkerClient:
         return len(asks)
 
     def destroy(self) -> None:
-        """Cancel what runs and release the client's ROS entities (the node stays)."""
+        """Cancel what runs and release the client's ROS entities (the node stays). Safe while
+        an executor spins the node: the action client leaves the node's wait set and its handle
+        is freed with the object (rclpy's ActionClient.destroy() frees it at once, and an
+        executor thread that already took it as ready then fails inside spin())."""
         self.cancel()
-        self._action.destroy()
+        self.node.remove_waitable(self._action)
         self.node.destroy_client(self._service)
         if self._own_executor is not None:
             self._own_executor.shutdown(timeout_sec=0)

@@ -1,0 +1,186 @@
+"""The planner kit against the live node (real rclpy, loopback-only namespace, fitted tiny model):
+the py_trees behaviour ticked in a real tree, the LLM tool-call runner, and both examples run
+as scripts in their own processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+py_trees = pytest.importorskip("py_trees")
+
+import test_client  # noqa: E402
+from test_client import DEPTH_M, publish_depth  # noqa: E402
+from test_node import CHOICES, QUESTION, WAIT_S, GatedEngine, Harness, wait_until  # noqa: E402
+
+from spatialthinker_ros.core.spatial_result import SpatialResult  # noqa: E402
+from spatialthinker_ros.core.status import AnswerStatus  # noqa: E402
+from spatialthinker_ros.ros.behaviours import AskSpatialBehaviour  # noqa: E402
+from spatialthinker_ros.tool_schema import run_tool_call  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+Status = py_trees.common.Status
+# test_client's fixtures (a node with depth, fresh nodes, a client on the harness's node).
+ros, served, make_harness, client = (test_client.ros, test_client.served,
+                                     test_client.make_harness, test_client.client)
+
+
+@pytest.fixture(autouse=True)
+def fresh_blackboard() -> Iterator[None]:
+    py_trees.blackboard.Blackboard.clear()  # py_trees keeps one blackboard per process
+    yield
+    py_trees.blackboard.Blackboard.clear()
+
+
+def tick_until_done(tree, timeout_s: float = WAIT_S) -> Status:
+    """Tick every 20 ms (the harness's executor delivers the answer meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tree.tick()
+        if tree.root.status != Status.RUNNING:
+            return tree.root.status
+        time.sleep(0.02)
+    pytest.fail(f"the tree still ran after {timeout_s:.0f} s")
+
+
+def ask_tree(harness: Harness, key: str, **options) -> tuple:
+    ask = AskSpatialBehaviour("ask", QUESTION, CHOICES, blackboard_key=key, **options)
+    done = py_trees.behaviours.Success("act")
+    root = py_trees.composites.Sequence("plan", memory=True, children=[ask, done])
+    tree = py_trees.trees.BehaviourTree(root)
+    tree.setup(node=harness.client, timeout=WAIT_S)  # the behaviour makes its client on it
+    return tree, ask, done
+
+
+# ---------------------------------------------------------------------------------- py_trees
+
+
+def test_tree_succeeds_when_the_answer_is_the_expected_one(served: Harness) -> None:
+    served.send_frame()
+    tree, ask, done = ask_tree(served, "side", expected_choices=["left"])
+    tree.tick()
+    assert ask.status == Status.RUNNING  # initialise sent the goal; nothing blocked
+    assert tick_until_done(tree) == Status.SUCCESS
+    assert done.status == Status.SUCCESS
+    result = py_trees.blackboard.Blackboard.get("/side")
+    assert isinstance(result, SpatialResult) and result.matched_choice == "left"
+    assert "(A) left" in ask.feedback_message
+
+
+def test_tree_fails_on_another_answer_and_on_errors(served: Harness) -> None:
+    served.send_frame()
+    tree, ask, done = ask_tree(served, "side", expected_options=["B"])
+    assert tick_until_done(tree) == Status.FAILURE
+    assert done.status == Status.INVALID  # the sequence stopped at the ask
+    assert "not what the tree expects" in ask.feedback_message
+    assert py_trees.blackboard.Blackboard.get("/side").option == "A"
+
+    bad = AskSpatialBehaviour("bad ask", "   ", blackboard_key="bad")
+    bad_tree = py_trees.trees.BehaviourTree(bad)
+    bad_tree.setup(node=served.client, timeout=WAIT_S)
+    assert tick_until_done(bad_tree) == Status.FAILURE
+    assert "INVALID_REQUEST" in bad.feedback_message
+    assert py_trees.blackboard.Blackboard.get("/bad").status is AnswerStatus.INVALID_REQUEST
+    with pytest.raises(ValueError, match="not among the choices"):
+        AskSpatialBehaviour("typo", QUESTION, CHOICES, expected_choices=["lefft"])
+
+
+def test_a_higher_priority_branch_taking_over_cancels_the_goal(make_harness) -> None:
+    harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"))
+    harness.send_frame()
+    # The guard fails twice, then succeeds: on the third tick the selector stops the ask.
+    guard = py_trees.behaviours.StatusQueue("obstacle!", [Status.FAILURE, Status.FAILURE],
+                                            Status.SUCCESS)
+    ask = AskSpatialBehaviour("ask", QUESTION, CHOICES, request_id="interrupted")
+    root = py_trees.composites.Selector("react", memory=False, children=[guard, ask])
+    tree = py_trees.trees.BehaviourTree(root)
+    tree.setup(node=harness.client, timeout=WAIT_S)
+    tree.tick()
+    assert harness.engine.entered.wait(WAIT_S)
+    tree.tick()
+    assert ask.status == Status.RUNNING
+    tree.tick()
+    assert guard.status == Status.SUCCESS and root.status == Status.SUCCESS
+    assert ask.status == Status.INVALID and "canceled" in ask.feedback_message
+    canceled = wait_until(lambda: [m for m in harness.messages("answer")
+                                   if m.request_id == "interrupted"], what="the canceled answer")
+    assert canceled[0].status == AnswerStatus.CANCELED
+    assert not harness.engine.release.is_set()  # generation stopped because of the cancel
+
+
+# ---------------------------------------------------------------------------------- LLM tools
+
+
+def test_tool_call_runs_on_the_live_node(served: Harness, client) -> None:
+    served.send_frame(frame_id="cam_tool")
+    out = run_tool_call(client, json.dumps({"question": QUESTION, "choices": CHOICES}))
+    assert out["status"] == "OK" and out["answer"] == "left" and out["option"] == "A"
+    assert (out["matched_choice"], out["matched_index"]) == ("left", 0)
+    assert [o["id"] for o in out["scene_graph"]["objects"]] == ["cube.1", "ball.1"]
+    assert out["frame_id"] == "cam_tool" and "raw_output" not in out
+    json.dumps(out)
+    # Refused by the node (one typed error, not retried) and by the client (broken Unicode).
+    refused = run_tool_call(client, {"question": "   "})
+    assert refused["status"] == "INVALID_REQUEST" and refused["retryable"] is False
+    assert "empty" in refused["error"] and set(refused) == {"error", "status", "retryable"}
+    broken = run_tool_call(client, '{"question": "where \\ud800?"}')
+    assert broken["status"] == "INVALID_REQUEST" and "Unicode" in broken["error"]
+    # The caller's own ask options go to the client with the LLM's arguments.
+    served.send_frame()
+    mine = run_tool_call(client, {"question": QUESTION}, request_id="from-caller")
+    assert mine["status"] == "OK" and mine["request_id"] == "from-caller"
+
+
+# ---------------------------------------------------------------------------------- examples
+
+
+def run_example(name: str, namespace: str, ros_interfaces: Path,
+                wait_s: float = WAIT_S) -> subprocess.CompletedProcess:
+    """examples/<name> in its own process, with the interfaces the tests built."""
+    env = dict(os.environ)
+    site = next((ros_interfaces / "lib").glob("python3*/site-packages"), None)
+    if site is not None:  # a source checkout (scripts/ros_env.sh does the same)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(site), env.get("PYTHONPATH", "")])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(ros_interfaces / "lib"), env.get("LD_LIBRARY_PATH", "")])
+        env["AMENT_PREFIX_PATH"] = os.pathsep.join(
+            [str(ros_interfaces), env.get("AMENT_PREFIX_PATH", "")])
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--namespace", namespace,
+         "--wait-s", str(wait_s), "--max-image-age-s", "3600", "--timeout-s", str(WAIT_S)],
+        capture_output=True, text=True, env=env, timeout=4 * WAIT_S, check=False)
+
+
+def test_planner_example_acts_on_answers_and_positions(served: Harness,
+                                                        ros_interfaces: Path) -> None:
+    stamp = served.now()
+    publish_depth(served, stamp, "cam_example")
+    served.send_frame(stamp=stamp, frame_id="cam_example")
+    done = run_example("planner.py", served.ns, ros_interfaces)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cube relative to ball: (A) left [ok]" in done.stdout
+    assert "closer to the camera:  (A) left = cube [ok]" in done.stdout  # the fixed answer
+    assert f"z={DEPTH_M:.2f} m" in done.stdout and "depth agrees with 'left'" in done.stdout
+    assert "plan: pick up cube.1 at" in done.stdout
+
+
+def test_bt_example_ticks_its_tree_to_success(served: Harness, ros_interfaces: Path) -> None:
+    served.send_frame(frame_id="cam_bt")
+    done = run_example("bt_tree.py", served.ns, ros_interfaces)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "moving to cube.1" in done.stdout
+    assert "approach the cube" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["planner.py", "bt_tree.py"])
+def test_examples_exit_2_without_a_node(ros, ros_interfaces: Path, name: str) -> None:
+    done = run_example(name, "/no_node_here", ros_interfaces, wait_s=1.0)
+    assert done.returncode == 2 and "not running" in done.stderr
