@@ -4,6 +4,7 @@ as scripts in their own processes."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -15,44 +16,57 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("rclpy")
-py_trees = pytest.importorskip("py_trees")
+try:
+    import py_trees
+except ImportError:  # optional (the planner extra): only the behaviour tests need it
+    py_trees = None
 
 import test_client  # noqa: E402
 from test_client import DEPTH_M, publish_depth  # noqa: E402
 from test_node import CHOICES, QUESTION, WAIT_S, GatedEngine, Harness, wait_until  # noqa: E402
 
+from spatialthinker_ros import bag_types  # noqa: E402
 from spatialthinker_ros.core.spatial_result import SpatialResult  # noqa: E402
 from spatialthinker_ros.core.status import AnswerStatus  # noqa: E402
-from spatialthinker_ros.ros.behaviours import AskSpatialBehaviour  # noqa: E402
-from spatialthinker_ros.tool_schema import run_tool_call  # noqa: E402
+from spatialthinker_ros.tool_schema import run_tool_call, tool_schema  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-Status = py_trees.common.Status
+needs_py_trees = pytest.mark.skipif(py_trees is None, reason="py-trees is not installed "
+                                    "(pip install 'spatialthinker_ros[planner]')")
 # test_client's fixtures (a node with depth, fresh nodes, a client on the harness's node).
 ros, served, make_harness, client = (test_client.ros, test_client.served,
                                      test_client.make_harness, test_client.client)
 
 
-@pytest.fixture(autouse=True)
-def fresh_blackboard() -> Iterator[None]:
-    py_trees.blackboard.Blackboard.clear()  # py_trees keeps one blackboard per process
+@pytest.fixture()
+def trees() -> Iterator[None]:
+    """py_trees with an empty blackboard (it keeps one per process)."""
+    if py_trees is None:
+        pytest.skip("py-trees is not installed (pip install 'spatialthinker_ros[planner]')")
+    py_trees.blackboard.Blackboard.clear()
     yield
     py_trees.blackboard.Blackboard.clear()
 
 
-def tick_until_done(tree, timeout_s: float = WAIT_S) -> Status:
+def behaviour(*args, **kwargs):
+    from spatialthinker_ros.ros.behaviours import AskSpatialBehaviour
+
+    return AskSpatialBehaviour(*args, **kwargs)
+
+
+def tick_until_done(tree, timeout_s: float = WAIT_S):
     """Tick every 20 ms (the harness's executor delivers the answer meanwhile)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         tree.tick()
-        if tree.root.status != Status.RUNNING:
+        if tree.root.status != py_trees.common.Status.RUNNING:
             return tree.root.status
         time.sleep(0.02)
     pytest.fail(f"the tree still ran after {timeout_s:.0f} s")
 
 
 def ask_tree(harness: Harness, key: str, **options) -> tuple:
-    ask = AskSpatialBehaviour("ask", QUESTION, CHOICES, blackboard_key=key, **options)
+    ask = behaviour("ask", QUESTION, CHOICES, blackboard_key=key, **options)
     done = py_trees.behaviours.Success("act")
     root = py_trees.composites.Sequence("plan", memory=True, children=[ask, done])
     tree = py_trees.trees.BehaviourTree(root)
@@ -63,7 +77,8 @@ def ask_tree(harness: Harness, key: str, **options) -> tuple:
 # ---------------------------------------------------------------------------------- py_trees
 
 
-def test_tree_succeeds_when_the_answer_is_the_expected_one(served: Harness) -> None:
+def test_tree_succeeds_when_the_answer_is_the_expected_one(served: Harness, trees) -> None:
+    Status = py_trees.common.Status
     served.send_frame()
     tree, ask, done = ask_tree(served, "side", expected_choices=["left"])
     tree.tick()
@@ -75,7 +90,8 @@ def test_tree_succeeds_when_the_answer_is_the_expected_one(served: Harness) -> N
     assert "(A) left" in ask.feedback_message
 
 
-def test_tree_fails_on_another_answer_and_on_errors(served: Harness) -> None:
+def test_tree_fails_on_another_answer_and_on_errors(served: Harness, trees) -> None:
+    Status = py_trees.common.Status
     served.send_frame()
     tree, ask, done = ask_tree(served, "side", expected_options=["B"])
     assert tick_until_done(tree) == Status.FAILURE
@@ -83,23 +99,24 @@ def test_tree_fails_on_another_answer_and_on_errors(served: Harness) -> None:
     assert "not what the tree expects" in ask.feedback_message
     assert py_trees.blackboard.Blackboard.get("/side").option == "A"
 
-    bad = AskSpatialBehaviour("bad ask", "   ", blackboard_key="bad")
+    bad = behaviour("bad ask", "   ", blackboard_key="bad")
     bad_tree = py_trees.trees.BehaviourTree(bad)
     bad_tree.setup(node=served.client, timeout=WAIT_S)
     assert tick_until_done(bad_tree) == Status.FAILURE
     assert "INVALID_REQUEST" in bad.feedback_message
     assert py_trees.blackboard.Blackboard.get("/bad").status is AnswerStatus.INVALID_REQUEST
     with pytest.raises(ValueError, match="not among the choices"):
-        AskSpatialBehaviour("typo", QUESTION, CHOICES, expected_choices=["lefft"])
+        behaviour("typo", QUESTION, CHOICES, expected_choices=["lefft"])
 
 
-def test_a_higher_priority_branch_taking_over_cancels_the_goal(make_harness) -> None:
+def test_a_higher_priority_branch_taking_over_cancels_the_goal(make_harness, trees) -> None:
+    Status = py_trees.common.Status
     harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"))
     harness.send_frame()
     # The guard fails twice, then succeeds: on the third tick the selector stops the ask.
     guard = py_trees.behaviours.StatusQueue("obstacle!", [Status.FAILURE, Status.FAILURE],
                                             Status.SUCCESS)
-    ask = AskSpatialBehaviour("ask", QUESTION, CHOICES, request_id="interrupted")
+    ask = behaviour("ask", QUESTION, CHOICES, request_id="interrupted")
     root = py_trees.composites.Selector("react", memory=False, children=[guard, ask])
     tree = py_trees.trees.BehaviourTree(root)
     tree.setup(node=harness.client, timeout=WAIT_S)
@@ -139,6 +156,27 @@ def test_tool_call_runs_on_the_live_node(served: Harness, client) -> None:
     assert mine["status"] == "OK" and mine["request_id"] == "from-caller"
 
 
+def test_schema_is_read_from_a_ros_install_too(ros_interfaces: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ament install (rosidl installs share/<pkg>/{msg,srv,action}) holds what the schema
+    is generated from, so `tool-schema` gives the same answer there as in the source tree."""
+    from ament_index_python.packages import get_package_share_directory
+
+    share = Path(get_package_share_directory("spatialthinker_ros"))
+    assert (share / "srv" / "AskSpatial.srv").is_file()
+    source = tool_schema()
+    monkeypatch.setattr(bag_types, "interface_dir", lambda: share / "msg")
+    assert tool_schema() == source
+
+
+def test_behaviours_without_py_trees_say_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "py_trees", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "spatialthinker_ros.ros.behaviours", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'spatialthinker_ros\[planner\]'"):
+        importlib.import_module("spatialthinker_ros.ros.behaviours")
+
+
 # ---------------------------------------------------------------------------------- examples
 
 
@@ -172,6 +210,7 @@ def test_planner_example_acts_on_answers_and_positions(served: Harness,
     assert "plan: pick up cube.1 at" in done.stdout
 
 
+@needs_py_trees
 def test_bt_example_ticks_its_tree_to_success(served: Harness, ros_interfaces: Path) -> None:
     served.send_frame(frame_id="cam_bt")
     done = run_example("bt_tree.py", served.ns, ros_interfaces)
@@ -180,7 +219,7 @@ def test_bt_example_ticks_its_tree_to_success(served: Harness, ros_interfaces: P
     assert "approach the cube" in done.stdout
 
 
-@pytest.mark.parametrize("name", ["planner.py", "bt_tree.py"])
+@pytest.mark.parametrize("name", ["planner.py", pytest.param("bt_tree.py", marks=needs_py_trees)])
 def test_examples_exit_2_without_a_node(ros, ros_interfaces: Path, name: str) -> None:
     done = run_example(name, "/no_node_here", ros_interfaces, wait_s=1.0)
     assert done.returncode == 2 and "not running" in done.stderr
