@@ -119,10 +119,15 @@ class SpatialThinkerClient:
             return False
         return self._action.wait_for_server(timeout_sec=max(deadline - time.monotonic(), 0.0))
 
-    def ask(self, question: str, choices: Sequence[str] = (), **options: Any) -> SpatialResult:
-        """Ask and wait for the answer (options as for `ask_async`). Raises SpatialThinkerError
-        for answers without a usable result, BlockingAskRefused inside a single-threaded
-        executor's callback."""
+    def ask(self, question: str, choices: Sequence[str] = (), *, camera: str = "",
+            max_image_age_s: float = 0.0, not_before: Any = None, stop_after: str = "",
+            request_id: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,
+            retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+            on_scene_graph: SceneGraphCallback | None = None,
+            on_text: TextCallback | None = None) -> SpatialResult:
+        """Ask and wait for the answer (arguments as for `ask_async`). Raises
+        SpatialThinkerError for answers without a usable result, BlockingAskRefused inside a
+        single-threaded executor's callback."""
         executor = self._spinning_executor()
         if executor is not None and not isinstance(executor, MultiThreadedExecutor) and (
             _runs_callbacks_of(executor)
@@ -132,14 +137,18 @@ class SpatialThinkerClient:
                 f"{type(executor).__name__} that runs the node's callbacks, so the answer could "
                 "never arrive: use ask_async (await it or add a done callback), or spin the node "
                 "with a MultiThreadedExecutor")
-        future = self.ask_async(question, choices, **options)
-        timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S)) + WAIT_SLACK_S
+        future = self.ask_async(
+            question, choices, camera=camera, max_image_age_s=max_image_age_s,
+            not_before=not_before, stop_after=stop_after, request_id=request_id,
+            timeout_s=timeout_s, retry_deadline_s=retry_deadline_s,
+            on_scene_graph=on_scene_graph, on_text=on_text)
+        wait_s = timeout_s + WAIT_SLACK_S
         if executor is None or executor is self._own_executor:  # nobody else spins the node
-            self._spin_until_done(future, timeout_s)
+            self._spin_until_done(future, wait_s)
         else:
             done = threading.Event()
             future.add_done_callback(lambda _f: done.set())
-            done.wait(timeout_s)
+            done.wait(wait_s)
         if not (future.done() or future.cancelled()):  # only if the executor stopped spinning
             self.cancel(future)
             raise SpatialThinkerError(AnswerStatus.TIMEOUT,
@@ -320,7 +329,9 @@ class _Ask:
                 return
             self._attempts += 1
             self._handle = None
-            self._backoff = None
+            fired, self._backoff = self._backoff, None
+        if fired is not None:  # the timer that started this attempt
+            fired.destroy()
         if not self.client._action.server_is_ready():
             self._retry_or_fail(None, f"no action server {self.client.name!r} is reachable "
                                 "(is spatialthinker_node running, in this namespace?)", None)
@@ -362,10 +373,13 @@ class _Ask:
                        result: SpatialResult | None) -> None:
         delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (self._attempts - 1))
         with self._lock:
-            give_up = self._canceled or time.monotonic() + delay > self._retry_until
+            canceled = self._canceled
+            give_up = canceled or time.monotonic() + delay > self._retry_until
             if not give_up and not self._finished:
                 self._backoff = self.client.one_shot(delay, self._attempt)
-        if give_up:
+        if canceled:
+            self._finish(error=self._error(AnswerStatus.CANCELED, "canceled by the client"))
+        elif give_up:
             elapsed = time.monotonic() - self._started
             self._finish(error=self._error(
                 status, f"{message} (after {self._attempts} attempt(s) in {elapsed:.1f} s)",

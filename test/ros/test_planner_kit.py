@@ -5,6 +5,7 @@ as scripts in their own processes."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -154,6 +155,15 @@ def test_tool_call_runs_on_the_live_node(served: Harness, client) -> None:
     served.send_frame()
     mine = run_tool_call(client, {"question": QUESTION}, request_id="from-caller")
     assert mine["status"] == "OK" and mine["request_id"] == "from-caller"
+
+
+def test_every_tool_argument_is_a_client_ask_argument() -> None:
+    """A new AskSpatial.srv field reaches the schema by itself; the client must take it too."""
+    from spatialthinker_ros.ros.client import SpatialThinkerClient
+
+    properties = set(tool_schema()["function"]["parameters"]["properties"])
+    for method in (SpatialThinkerClient.ask, SpatialThinkerClient.ask_async):
+        assert properties <= set(inspect.signature(method).parameters), method.__name__
 
 
 def test_schema_is_read_from_a_ros_install_too(ros_interfaces: Path,
