@@ -169,6 +169,10 @@ def test_invalid_request_raises_one_typed_error_without_retrying(served: Harness
     assert error.status is AnswerStatus.INVALID_REQUEST and not error.retryable
     assert "empty" in error.message and error.attempts == 1
     assert error.result is not None and error.result.status is AnswerStatus.INVALID_REQUEST
+    with pytest.raises(SpatialThinkerError) as unknown:
+        client.ask(QUESTION, CHOICES, camera="no_such_camera")
+    assert unknown.value.status is AnswerStatus.INVALID_REQUEST
+    assert "no_such_camera" in unknown.value.message and unknown.value.attempts == 1
 
 
 def test_malformed_arguments_raise_before_anything_is_sent(client) -> None:
