@@ -8,7 +8,7 @@ import sys
 
 from .core.options import ENGINE_OPTIONS, EngineConfig, Option
 from .core.text import one_line
-from .core.types import GenerationBackend
+from .core.types import STOP_AFTER, GenerationBackend
 
 
 def _argument(group: argparse._ArgumentGroup, opt: Option) -> None:
@@ -20,6 +20,8 @@ def _argument(group: argparse._ArgumentGroup, opt: Option) -> None:
         kwargs["type"] = opt.kind
         if opt.choices:
             kwargs["choices"] = list(opt.choices)
+        if opt.cli_const is not None:
+            kwargs.update(nargs="?", const=opt.cli_const)
     group.add_argument(opt.flag, **kwargs)
 
 
@@ -31,6 +33,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
             if opt.group not in groups:
                 groups[opt.group] = parser.add_argument_group(opt.group)
             _argument(groups[opt.group], opt)
+
+
+def add_stop_after_argument(parser: argparse.ArgumentParser) -> None:
+    """`--stop-after scene_graph`: end each answer as soon as its scene graph is complete."""
+    parser.add_argument(
+        "--stop-after",
+        choices=[s for s in STOP_AFTER if s],
+        default="",
+        help="scene_graph: stop generating as soon as the scene graph is complete (the result "
+        "has the observation and scene graph, no answer; status ok)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:

@@ -10,7 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import add_engine_arguments, engine_config_from_args, fail
+from .arguments import (
+    add_engine_arguments,
+    add_stop_after_argument,
+    engine_config_from_args,
+    fail,
+)
 from .core.engine import SpatialThinkerEngine
 from .core.text import one_line
 from .core.types import EngineError, Result
@@ -26,7 +31,9 @@ def format_result(result: Result) -> str:
     if result.choices:
         lines.append("choices:  " + ", ".join(result.choices))
     answer = f"({r.answer.option}) {r.answer.text}" if r.answer.option else r.answer.text
-    lines.append(f"answer:   {answer or '-'}")
+    stopped = f" (stopped after the {result.stop_after.replace('_', ' ')})" if (
+        result.stop_after and not answer) else ""
+    lines.append(f"answer:   {answer or '-'}{stopped}")
     if result.choices:
         lines.append(f"matched:  {r.answer.matched_choice or '(no choice matched)'}")
     status = r.status.value + (f" ({r.message})" if r.message else "")
@@ -86,7 +93,8 @@ def ask_main(args: argparse.Namespace) -> int:
     engine = SpatialThinkerEngine(config)
     engine.load()
     on_text = (lambda s: print(s, end="", file=sys.stderr, flush=True)) if args.stream else None
-    result = engine.answer(rgb, args.question, args.choices, on_text=on_text)
+    result = engine.answer(rgb, args.question, args.choices, on_text=on_text,
+                           stop_after=args.stop_after)
     if args.stream:
         print(file=sys.stderr)
     if args.annotate:
@@ -139,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--stream", action="store_true", help="print the model's text to stderr as it comes"
     )
+    add_stop_after_argument(ask)
     add_engine_arguments(ask)
     ask.set_defaults(func=ask_main)
 

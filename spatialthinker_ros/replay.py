@@ -21,7 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .arguments import concurrency_problem, engine_config_from_args, fail
+from .arguments import (
+    add_stop_after_argument,
+    concurrency_problem,
+    engine_config_from_args,
+    fail,
+)
 from .bag_io import OutputError, OutputPaths, ReplayError, ReplayOutputs
 from .bag_types import make_typestore
 from .core.concurrency import ordered_map
@@ -167,6 +172,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-frames", type=Path, metavar="DIR", help="annotated frames as PNG")
     parser.add_argument("--prefix", default="/spatialthinker", help="output topic prefix")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_stop_after_argument(parser)
 
 
 def replay_main(args: argparse.Namespace) -> int:
@@ -186,6 +192,7 @@ def replay_main(args: argparse.Namespace) -> int:
             jsonl=args.jsonl,
             save_frames=args.save_frames,
             progress=not args.quiet,
+            stop_after=args.stop_after,
         )
         prepared = prepare_replay(config)
     except ReplayError as exc:

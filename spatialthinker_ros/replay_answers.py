@@ -155,9 +155,10 @@ class FrameAnswerer:
         c = self.config
         if len(c.questions) == 1:
             return [self.engine.answer(rgb, c.questions[0], c.choices or None,
-                                       should_stop=self.stop.is_set)]
+                                       should_stop=self.stop.is_set, stop_after=c.stop_after)]
         # The image and the shared prompt prefix are encoded once for all questions.
-        return self.engine.answer_many(rgb, [(q, c.choices) for q in c.questions])
+        return self.engine.answer_many(rgb, [(q, c.choices) for q in c.questions],
+                                       stop_after=c.stop_after)
 
     def _record(self, topic: str, msgtype: str, msg) -> BagRecord:
         return BagRecord(topic, msgtype, self.store.serialize_cdr(msg, msgtype))

@@ -103,6 +103,7 @@ class ReplayConfig:
     save_frames: Path | None = None
     depth_tolerance_s: float = 0.05
     progress: bool = True
+    stop_after: str = ""  # "scene_graph": answers end with the scene graph (engine.answer)
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.max_frames < 0:

@@ -47,6 +47,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         cached_tiny_model(MODEL_CACHE)
     if "fitted_model_dir" in needed:
         cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)
+    if "sensitive_model_dir" in needed:
+        cached_tiny_model(MODEL_CACHE, init_std=SENSITIVE_STD)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +57,20 @@ def tiny_model_dir() -> Path:
     from spatialthinker_ros.testing.tiny_model import cached_tiny_model
 
     return cached_tiny_model(MODEL_CACHE)
+
+
+# Weights drawn this large make the tiny model's output depend on the image and the question.
+SENSITIVE_STD = 0.2
+
+
+@pytest.fixture(scope="session")
+def sensitive_model_dir() -> Path:
+    """Random tiny model whose long garbage output changes with the image and the question
+    (weights at std SENSITIVE_STD): what token-identity tests need. tiny_model_dir's default
+    init repeats one token whatever the input."""
+    from spatialthinker_ros.testing.tiny_model import cached_tiny_model
+
+    return cached_tiny_model(MODEL_CACHE, init_std=SENSITIVE_STD)
 
 
 @pytest.fixture(scope="session")

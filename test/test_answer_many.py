@@ -4,8 +4,6 @@ cache shows) and on the fitted model."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -37,25 +35,6 @@ def as_pair(item) -> tuple[str, tuple[str, ...]]:
     return (item, ()) if isinstance(item, str) else (item[0], tuple(item[1]))
 
 
-@pytest.fixture(scope="module")
-def scrambled_model_dir(tiny_model_dir, tmp_path_factory):
-    """tiny_model_dir with its weights redrawn at std 0.2. At the default init (std 0.02, tied
-    embeddings) the residual stream dominates and the model repeats the prompt's last token
-    ("\n") whatever the question; larger weights give long, prompt-dependent garbage."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    out = tmp_path_factory.mktemp("scrambled") / "model"
-    shutil.copytree(tiny_model_dir, out)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, 0.2, generator=generator)
-    model.save_pretrained(out)
-    return out
-
-
 def load_engine(model_dir, **options) -> SpatialThinkerEngine:
     engine = SpatialThinkerEngine(EngineConfig(model=str(model_dir), device="cpu", **options))
     engine.load()
@@ -63,8 +42,8 @@ def load_engine(model_dir, **options) -> SpatialThinkerEngine:
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(scrambled_model_dir):
-    return load_engine(scrambled_model_dir, max_new_tokens=TINY_NEW_TOKENS)
+def tiny_engine(sensitive_model_dir):
+    return load_engine(sensitive_model_dir, max_new_tokens=TINY_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")

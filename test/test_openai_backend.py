@@ -259,6 +259,26 @@ def test_should_stop_mid_stream_stops_after_the_text_so_far(scripted):
     assert scripted.client_hung_up.wait(10)
 
 
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_stop_after_scene_graph_closes_the_stream(scripted, concurrent):
+    """The server would go on for 30 s: the engine ends each request once `</scene>` closes."""
+    scene_end = EXAMPLE_OUTPUT.index("</scene>") + len("</scene>")
+    text = EXAMPLE_OUTPUT[:scene_end] + "\n<think>\n"
+    scripted.script.mode = Mode.CHUNKS_THEN_TRICKLE
+    scripted.script.chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
+    engine = remote_engine(scripted.base_url, timeout_s=20.0, batch_questions=concurrent)
+    if concurrent:
+        results = engine.answer_many(image(), ["Where?", "What?"], stop_after="scene_graph")
+    else:
+        results = [engine.answer(image(), "Where?", stop_after="scene_graph")]
+    for result in results:
+        assert result.reasoning.status.value == "ok", result.reasoning.message
+        assert result.raw.startswith(EXAMPLE_OUTPUT[:scene_end]) and "tok" not in result.raw
+        assert [o.id for o in result.reasoning.scene_graph.objects] == ["cube.1", "ball.1"]
+        assert result.stop_after == "scene_graph"
+    assert scripted.client_hung_up.wait(10)
+
+
 @pytest.mark.parametrize("status", [500, 503, 404, 400])
 def test_http_errors_carry_status_and_error_type_and_are_not_retried(scripted, status):
     scripted.script.mode = Mode.HTTP_ERROR

@@ -26,11 +26,13 @@ from .options import (
     DEFAULT_MODEL,
     EngineConfig,
 )
-from .parsing import parse_output, scene_closed
+from .parsing import StreamParser, parse_output, parse_until_scene
 from .prompt import build_prompt, question_problem
 from .scene import ParseStatus, Reasoning, SceneGraph
 from .transformers_backend import TransformersBackend
 from .types import (
+    STOP_AFTER,
+    STOP_AFTER_SCENE_GRAPH,
     EngineError,
     Generation,
     GenerationBackend,
@@ -42,6 +44,7 @@ from .types import (
     StopCallback,
     TextCallback,
     Timings,
+    stop_after_problem,
 )
 
 __all__ = [
@@ -57,6 +60,8 @@ __all__ = [
     "ModelLoadError",
     "PreparedImage",
     "Result",
+    "STOP_AFTER",
+    "SceneGraphEnd",
     "SpatialThinkerEngine",
     "Timings",
 ]
@@ -124,26 +129,49 @@ def to_source_pixels(reasoning: Reasoning, prepared: PreparedImage) -> Reasoning
                    message=message)
 
 
+def scene_graph_complete(text: str) -> bool:
+    """True when `text` holds a complete scene graph: its first `<scene>` closed by `</scene>`
+    outside JSON strings (`parsing.StreamParser`'s rule, the parser's)."""
+    return StreamParser().feed(text) is not None
+
+
+class SceneGraphEnd:
+    """`end_when` for stop_after="scene_graph": True from the piece of text that completes the
+    scene graph on. A `parsing.StreamParser` follows the text (linear in its length, looking
+    only when a piece holds `>` or a newline), so the stop is where the streamed graph is
+    published, by the parser's own rule."""
+
+    def __init__(self) -> None:
+        self._parser = StreamParser()
+        self.done = False
+
+    def __call__(self, delta: str) -> bool:
+        if not self.done:
+            self.done = self._parser.feed(delta) is not None
+        return self.done
+
+
 class _SceneWatcher:
-    """Wraps `on_text`: parses the scene graph once, as soon as `</scene>` closes, maps its
-    boxes to source pixels and hands it to `on_scene_graph`."""
+    """Wraps `on_text`: a `parsing.StreamParser` hands over the scene graph once, as soon as it
+    is complete (where stop_after="scene_graph" stops); its boxes are mapped to source pixels
+    and it goes to `on_scene_graph` with the observation."""
 
     def __init__(self, prepared: PreparedImage, on_text: TextCallback | None,
                  on_scene_graph: SceneGraphCallback) -> None:
         self._prepared = prepared
         self._on_text = on_text
         self._on_scene_graph = on_scene_graph
-        self._parts: list[str] = []
+        self._parser = StreamParser()
         self.graph: SceneGraph | None = None
 
     def __call__(self, delta: str) -> None:
-        self._parts.append(delta)
-        if self.graph is None and ">" in delta:
-            text = "".join(self._parts)
-            if scene_closed(text):
-                partial = to_source_pixels(parse_output(text), self._prepared)
-                self.graph = partial.scene_graph
-                self._on_scene_graph(self.graph, partial.observation)
+        if self.graph is None:
+            graph = self._parser.feed(delta)
+            if graph is not None:
+                observation = self._parser.scene_observation
+                partial = Reasoning(raw="", observation=observation, scene_graph=graph)
+                self.graph = to_source_pixels(partial, self._prepared).scene_graph
+                self._on_scene_graph(self.graph, observation)
         if self._on_text is not None:
             self._on_text(delta)
 
@@ -225,11 +253,18 @@ class SpatialThinkerEngine:
         choices: tuple[str, ...],
         preprocess_s: float,
         streamed_graph: SceneGraph | None = None,
+        stop_after: str = "",
     ) -> Result:
         """Parse a generation and map its boxes to source pixels (`streamed_graph`: the graph
-        already mapped while streaming, reused when the final parse finds the same one)."""
+        already mapped while streaming, reused when the final parse finds the same one).
+        stop_after="scene_graph": an output that ends with a complete scene graph is parsed as
+        such (no answer expected); one that never completed it is parsed in full."""
         t0 = time.perf_counter()
-        reasoning = to_source_pixels(parse_output(generation.text, choices or None), prepared)
+        if stop_after == STOP_AFTER_SCENE_GRAPH and scene_graph_complete(generation.text):
+            parsed = parse_until_scene(generation.text)
+        else:
+            parsed = parse_output(generation.text, choices or None)
+        reasoning = to_source_pixels(parsed, prepared)
         if streamed_graph is not None and reasoning.scene_graph == streamed_graph:
             reasoning = replace(reasoning, scene_graph=streamed_graph)
         parse_s = time.perf_counter() - t0
@@ -244,6 +279,7 @@ class SpatialThinkerEngine:
             timings=Timings(preprocess_s + generation.preprocess_s, generation.generate_s, parse_s),
             generated_token_ids=generation.token_ids,
             model=self.config.model,
+            stop_after=stop_after,
         )
 
     def answer(
@@ -255,14 +291,18 @@ class SpatialThinkerEngine:
         on_text: TextCallback | None = None,
         on_scene_graph: SceneGraphCallback | None = None,
         should_stop: StopCallback | None = None,
+        stop_after: str = "",
     ) -> Result:
         """Answer one question about one image (greedy). Raises EngineError subclasses only.
 
         `on_text` receives the generated text as it streams; `on_scene_graph` the scene graph
-        (boxes in source pixels) and observation once, as soon as `</scene>` closes."""
+        (boxes in source pixels) and observation once, as soon as `</scene>` closes.
+        stop_after="scene_graph" ends generation right there: the result holds the observation
+        and the scene graph, no thought and no answer, status OK when both are well formed."""
         t0 = time.perf_counter()
         choices_t = tuple(choices or ())
         self.check_question(question, choices_t)
+        self.check_stop_after(stop_after)
         prepared = self.prepare_image(image)
         prompt = self.prompt_for(prepared, question, choices_t)
         watcher = None
@@ -278,16 +318,21 @@ class SpatialThinkerEngine:
                     max_new_tokens=self.config.max_new_tokens,
                     on_text=watcher or on_text,
                     should_stop=should_stop,
+                    end_when=SceneGraphEnd() if stop_after else None,
                 )
             )
         streamed = watcher.graph if watcher is not None else None
-        return self.finish(generation, prepared, question, choices_t, preprocess_s, streamed)
+        return self.finish(generation, prepared, question, choices_t, preprocess_s, streamed,
+                           stop_after)
 
-    def answer_many(self, image: ImageInput, questions: Sequence[QuestionInput]) -> list[Result]:
-        """Answer several questions about one image; the backend shares the image prefix."""
+    def answer_many(self, image: ImageInput, questions: Sequence[QuestionInput], *,
+                    stop_after: str = "") -> list[Result]:
+        """Answer several questions about one image; the backend shares the image prefix.
+        `stop_after` as for `answer`, for every question."""
         if not questions:
             return []
         t0 = time.perf_counter()
+        self.check_stop_after(stop_after)
         items = [_normalise_question(q) for q in questions]
         for question, choices in items:
             self.check_question(question, choices)
@@ -298,13 +343,23 @@ class SpatialThinkerEngine:
             self._require_loaded()
             generations = self._guarded(
                 lambda: self.backend.generate_many(
-                    prepared.image, prompts, max_new_tokens=self.config.max_new_tokens
+                    prepared.image,
+                    prompts,
+                    max_new_tokens=self.config.max_new_tokens,
+                    end_when=SceneGraphEnd if stop_after else None,
                 )
             )
         return [
-            self.finish(g, prepared, q, c, preprocess_s / len(items))
+            self.finish(g, prepared, q, c, preprocess_s / len(items), stop_after=stop_after)
             for g, (q, c) in zip(generations, items, strict=True)
         ]
+
+    @staticmethod
+    def check_stop_after(stop_after: str) -> None:
+        """Raise InvalidQuestion unless `stop_after` is one of STOP_AFTER."""
+        problem = stop_after_problem(stop_after)
+        if problem is not None:
+            raise InvalidQuestion(problem)
 
     def _generation_slot(self):
         return self._lock if self._lock is not None else contextlib.nullcontext()

@@ -39,6 +39,8 @@ from .types import (
     ModelLoadError,
     StopCallback,
     TextCallback,
+    TextEnd,
+    TextEndFactory,
 )
 
 POLL_S = 0.02  # how often generate() checks should_stop and the deadline while the server is quiet
@@ -82,10 +84,14 @@ def chat_messages(image_url: str, prompt: str) -> list[dict[str, Any]]:
 class _ReasoningJoiner:
     """Rebuilds the model's text from streamed deltas. Servers with a reasoning parser
     (`transformers serve`, vLLM `--reasoning-parser`) strip `<think>`/`</think>` and stream that
-    section as `reasoning_content` (or `reasoning`): it is put back between its tags."""
+    section as `reasoning_content` (or `reasoning`): it is put back between its tags.
+    `end_when`: once it returns True for a piece, `ended` is set and later deltas are dropped
+    (the caller then closes the stream)."""
 
-    def __init__(self, on_text: TextCallback | None):
+    def __init__(self, on_text: TextCallback | None, end_when: TextEnd | None = None):
         self.on_text = on_text
+        self.end_when = end_when
+        self.ended = False
         self.parts: list[str] = []
         self.chunks = 0
         self.in_reasoning = False
@@ -94,8 +100,12 @@ class _ReasoningJoiner:
         self.parts.append(text)
         if self.on_text is not None:
             self.on_text(text)
+        if self.end_when is not None and self.end_when(text):
+            self.ended = True
 
     def add(self, delta: Any) -> None:
+        if self.ended:
+            return
         extra = getattr(delta, "model_extra", None) or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning")
         if reasoning:
@@ -226,14 +236,23 @@ class OpenAIBackend:
         max_new_tokens: int,
         on_text: TextCallback | None = None,
         should_stop: StopCallback | None = None,
+        end_when: TextEnd | None = None,
     ) -> Generation:
+        """Streams the answer; `end_when` closes the stream (the server then aborts the
+        request) as soon as it returns True."""
         t0 = time.perf_counter()
         messages = chat_messages(image_data_url(image), prompt)
         preprocess_s = time.perf_counter() - t0
-        return self._generate(messages, max_new_tokens, on_text, should_stop, preprocess_s)
+        return self._generate(messages, max_new_tokens, on_text, should_stop, preprocess_s,
+                              end_when)
 
     def generate_many(
-        self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
+        self,
+        image: Image.Image,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        end_when: TextEndFactory | None = None,
     ) -> list[Generation]:
         """One request per prompt (the server's prefix cache shares the image between them):
         one after another, or all at once with `concurrent_questions`, within timeout_s."""
@@ -241,9 +260,15 @@ class OpenAIBackend:
         url = image_data_url(image)  # encoded once for all questions
         preprocess_s = (time.perf_counter() - t0) / max(1, len(prompts))
         batch = [chat_messages(url, p) for p in prompts]
+
+        def new_end() -> TextEnd | None:
+            return end_when() if end_when is not None else None
+
         if not self.concurrent_questions or len(batch) < 2:
-            return [self._generate(m, max_new_tokens, None, None, preprocess_s) for m in batch]
-        futures = [self._submit(self._collect(m, max_new_tokens, preprocess_s)) for m in batch]
+            return [self._generate(m, max_new_tokens, None, None, preprocess_s, new_end())
+                    for m in batch]  # fmt: skip
+        futures = [self._submit(self._collect(m, max_new_tokens, preprocess_s, new_end()))
+                   for m in batch]  # fmt: skip
         try:
             done, pending = concurrent.futures.wait(
                 futures, self.timeout_s, return_when=concurrent.futures.FIRST_EXCEPTION
@@ -274,13 +299,14 @@ class OpenAIBackend:
         on_text: TextCallback | None,
         should_stop: StopCallback | None,
         preprocess_s: float,
+        end_when: TextEnd | None = None,
     ) -> Generation:
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         events: queue.SimpleQueue = queue.SimpleQueue()
         future = self._submit(self._stream(messages, max_new_tokens, events.put))
         future.add_done_callback(lambda _f: events.put(_END))
-        text = _ReasoningJoiner(on_text)
+        text = _ReasoningJoiner(on_text, end_when)
         try:
             while True:
                 try:
@@ -291,6 +317,9 @@ class OpenAIBackend:
                     break
                 if item is not None:
                     text.add(item)
+                if text.ended:  # the finally clause closes the stream
+                    return _generation(text.finish(), text.chunks, _StreamEnd(None, "end_when"),
+                                       preprocess_s, time.perf_counter() - t0)
                 if should_stop is not None and should_stop():
                     raise GenerationStopped("generation stopped before it finished")
                 if time.monotonic() > deadline:
@@ -310,9 +339,14 @@ class OpenAIBackend:
     # ------------------------------------------------------------------ event-loop thread
 
     async def _stream(
-        self, messages: list[dict[str, Any]], max_new_tokens: int, emit: Callable[[Any], None]
+        self,
+        messages: list[dict[str, Any]],
+        max_new_tokens: int,
+        emit: Callable[[Any], None],
+        ended: Callable[[], bool] = lambda: False,
     ) -> _StreamEnd:
-        """Run one streamed request, passing each delta to `emit`."""
+        """Run one streamed request, passing each delta to `emit`; stop reading (and close the
+        stream) once `ended()`."""
         stream = await self._open(messages, max_new_tokens)
         usage, finish = None, None
         try:
@@ -323,6 +357,8 @@ class OpenAIBackend:
                     if choice.delta is not None:
                         emit(choice.delta)
                     finish = choice.finish_reason or finish
+                if ended():
+                    return _StreamEnd(usage, "end_when")
         except Exception as exc:  # noqa: BLE001 - every transport/protocol failure, mapped
             raise self._map_error(exc, mid_answer=True) from exc
         finally:
@@ -356,11 +392,15 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
     async def _collect(
-        self, messages: list[dict[str, Any]], max_new_tokens: int, preprocess_s: float
+        self,
+        messages: list[dict[str, Any]],
+        max_new_tokens: int,
+        preprocess_s: float,
+        end_when: TextEnd | None = None,
     ) -> Generation:
         t0 = time.perf_counter()
-        text = _ReasoningJoiner(None)
-        end = await self._stream(messages, max_new_tokens, text.add)
+        text = _ReasoningJoiner(None, end_when)
+        end = await self._stream(messages, max_new_tokens, text.add, lambda: text.ended)
         return _generation(text.finish(), text.chunks, end, preprocess_s, time.perf_counter() - t0)
 
     @staticmethod

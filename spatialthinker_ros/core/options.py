@@ -50,6 +50,7 @@ class Option:
     check: Check | None = None  # further rule: the reason a value is bad, or None
     cli_flag: str = ""  # "" = --name-with-dashes
     cli: bool = True  # offered on the command line
+    cli_const: Any = None  # the value of the bare flag (`--compile` = on), when it may be bare
     node: bool = True  # declared as a node parameter
     read_only: bool = True  # node: only takes effect on configure
     group: str = "model"  # CLI help group
@@ -151,6 +152,21 @@ class EngineConfig:
         "card (model card prompt) or paper_eval (the paper's evaluation prompt)",
         choices=tuple(s.value for s in PromptStyle),
     )
+    compile: str = option(
+        "auto",
+        "Static KV cache and a torch.compile'd decode step (CUDA graphs on a GPU), compiled "
+        "while the model loads (about a minute on a GPU): auto (on with CUDA, off on the CPU), "
+        "on (a failed compile fails the load) or off; --compile alone = on",
+        choices=("auto", "on", "off"),
+        cli_const="on",
+    )
+    prompt_lookup: int = option(
+        0,
+        "Prompt-lookup decoding: draft up to N tokens from where the last tokens already occur "
+        "in the prompt or the answer so far, verified in one forward pass (greedy: same tokens, "
+        "fewer passes); 0 = off",
+        int_range=(0, 64),
+    )
     # answer_many: decode the questions as one batch (fastest; may differ from one-by-one greedy
     # output in near-ties on GPUs) instead of one after another from the shared prefix cache.
     batch_questions: bool = option(
@@ -188,6 +204,14 @@ class EngineConfig:
         int_range=(0, 10),
         group="remote backend (--backend openai)",
     )
+
+    def __post_init__(self) -> None:
+        # prompt_style given by name ("paper_eval") is the enum from here on; an unknown name is
+        # left for validate() to report.
+        if isinstance(self.prompt_style, str) and not isinstance(self.prompt_style, PromptStyle):
+            known = {s.value: s for s in PromptStyle}
+            if self.prompt_style in known:
+                object.__setattr__(self, "prompt_style", known[self.prompt_style])
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EngineConfig:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -254,12 +254,15 @@ def generate_many(
     prompts: Sequence[str],
     *,
     batched: bool = False,
+    stopping: Callable[[int, int], dict] | None = None,
     **generate_kwargs,
 ) -> list[PrefixOutput] | None:
     """Answer every prompt about `image` from one prefilled prefix, greedy. Sequential (default):
     one continuation per prompt from a copy of the cache, the tokens of one uncached `generate`
     per prompt (up to rounding, see the module doc). `batched`: all prompts decode together
-    (see `generate_batched`).
+    (see `generate_batched`). `stopping(width, rows)`: extra generate arguments (stopping
+    criteria) for each generate call, given its input width and number of rows; called once per
+    prompt in order (sequential) or once for all (batched).
     None when the prompts share no prefix holding the image: the caller then answers them one
     by one."""
     if not prompts:
@@ -279,14 +282,20 @@ def generate_many(
             generate_s=prefix.prefill_s / k + generate_s,
         )
 
+    def extra(width: int, rows: int) -> dict:
+        return stopping(width, rows) if stopping is not None else {}
+
     if batched:
         t0 = time.perf_counter()
-        rows = generate_batched(model, prefix, encoded.input_ids, **generate_kwargs)
+        width = prefix.length + max(len(i) - prefix.length for i in encoded.input_ids)
+        rows = generate_batched(model, prefix, encoded.input_ids, **generate_kwargs,
+                                **extra(width, k))  # fmt: skip
         each_s = (time.perf_counter() - t0) / k
         return [output(ids, row, each_s) for ids, row in zip(encoded.input_ids, rows, strict=True)]
     outputs = []
     for ids in encoded.input_ids:
         t0 = time.perf_counter()
-        new_ids = generate_from_prefix(model, prefix, ids, **generate_kwargs)
+        new_ids = generate_from_prefix(model, prefix, ids, **generate_kwargs,
+                                       **extra(int(ids.shape[0]), 1))  # fmt: skip
         outputs.append(output(ids, new_ids.tolist(), time.perf_counter() - t0))
     return outputs

@@ -52,5 +52,6 @@ def result_to_dict(result: Result) -> dict[str, Any]:
             "total": round(result.timings.total_s, 4),
         },
         "prompt_version": result.prompt_version,
+        "stop_after": result.stop_after,
         "raw_output": r.raw,
     }

@@ -1,9 +1,15 @@
-"""In-process backend: Qwen2.5-VL through transformers' `from_pretrained` + greedy `generate`."""
+"""In-process backend: Qwen2.5-VL through transformers' `from_pretrained` + greedy `generate`.
+
+Speed paths (static cache + torch.compile, prompt lookup) and the stop hooks are in
+`decoding`; the prompt token cache in `prompt_tokens`. On CUDA the image processor resizes and
+normalises on the model's device.
+"""
 
 from __future__ import annotations
 
 import gc
 import importlib.util
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -11,8 +17,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from . import decoding
 from .geometry import fit_to_pixel_budget
 from .options import EngineConfig, model_reference_problem
+from .prompt import build_prompt, prompt_prefix
+from .prompt_tokens import PromptTokens
 from .types import (
     EngineError,
     Generation,
@@ -20,7 +29,11 @@ from .types import (
     ModelLoadError,
     StopCallback,
     TextCallback,
+    TextEnd,
+    TextEndFactory,
 )
+
+log = logging.getLogger(__name__)
 
 
 def validate_model_reference(model: str) -> str:
@@ -75,12 +88,19 @@ class TransformersBackend:
         self.device = ""
         self.dtype = None
         self.attention = ""
+        self.tokens: PromptTokens | None = None
+        self.static: decoding.StaticDecode | None = None  # the compiled path, when on
+        self.compile_note = ""  # why compile is off although asked for, or its warm-up time
+        self.lookup_with_compile = True  # False where transformers refuses the combination
+        self.warmup_s = 0.0
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
 
     def load(self) -> None:
+        """Load the model and processor; with compile on, build the static cache and compile
+        the decode step on a dummy frame (so no request ever pays for it)."""
         if self.loaded:
             return
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -115,11 +135,73 @@ class TransformersBackend:
             )
             raise ModelLoadError(f"could not load model {source!r}{hint}: {first_line}") from exc
         self.model = model.to(self.device).eval()
+        self.tokens = PromptTokens(self.processor)
+        if decoding.compile_enabled(self.config.compile, self.device):
+            self._compile()
+
+    def _compile(self) -> None:
+        """Static cache + compiled decode step, warmed up on a dummy frame. A failure is a load
+        error when compile is "on"; with "auto" the backend decodes eagerly and says why."""
+        longest = self._longest_prompt_tokens()
+        length = decoding.static_cache_length(longest, self.config.max_new_tokens)
+        t0 = time.perf_counter()
+        try:
+            self.static = decoding.StaticDecode(self.model, length, self.device)
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways
+            self.static = None
+            reason = type(exc).__name__ + (f": {str(exc).strip().splitlines()[0]}"
+                                           if str(exc).strip() else "")  # fmt: skip
+            if self.config.compile == "on":
+                self.unload()
+                raise ModelLoadError(f"compiling the decode step failed: {reason}") from exc
+            self.compile_note = f"off (compiling failed: {reason})"
+            log.warning("compile: %s; decoding eagerly", self.compile_note)
+            return
+        self.warmup_s = time.perf_counter() - t0
+        self.compile_note = f"on (static cache of {length} tokens, warm-up {self.warmup_s:.1f} s)"
+        log.info("compile: %s", self.compile_note)
+
+    def _longest_prompt_tokens(self) -> int:
+        """Tokens of the longest prompt expected: the most image tokens the pixel budget allows,
+        the chat template and fixed text, and QUESTION_TOKEN_ALLOWANCE for the question."""
+        import math
+
+        side = math.isqrt(self.config.max_pixels)
+        width, height = fit_to_pixel_budget(side, side, self.config.min_pixels,
+                                            self.config.max_pixels)  # fmt: skip
+        image_tokens = self.config.max_pixels // self._token_pixels() ** 2
+        text = build_prompt("?", width, height, style=self.config.prompt_style)
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": text}]}]  # fmt: skip
+        chat = self.processor.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)  # fmt: skip
+        text_tokens = len(self.processor.tokenizer(chat)["input_ids"])
+        return image_tokens + text_tokens + decoding.QUESTION_TOKEN_ALLOWANCE
+
+    def _warm_up(self) -> None:
+        """Compile (and record the CUDA graphs of) the decode step: a few greedy tokens about a
+        grey frame, through the same generate call answers use."""
+        frame = Image.new("RGB", (224, 224), (128, 128, 128))
+        prompt = build_prompt("Where is the object?", *frame.size, style=self.config.prompt_style)
+        n = decoding.WARMUP_TOKENS
+        self._generate_ids(self.encode(frame, prompt), max_new_tokens=n, min_new_tokens=n,
+                           lookup=False)  # fmt: skip
+        if self.config.prompt_lookup > 0:
+            try:
+                self._generate_ids(self.encode(frame, prompt), max_new_tokens=n,
+                                   min_new_tokens=n, lookup=True)  # fmt: skip
+            except ValueError as exc:  # transformers < 5.24: "assisted generate is not
+                # supported with Static cache classes"
+                self.lookup_with_compile = False
+                log.warning("prompt_lookup is off while compiled: %s", exc)
 
     def unload(self) -> None:
         was_cuda = self.device.startswith("cuda")
         self.model = None
         self.processor = None
+        self.tokens = None
+        self.static = None
         gc.collect()
         if was_cuda:
             import torch
@@ -145,28 +227,75 @@ class TransformersBackend:
             torch.cuda.empty_cache()
 
     def describe(self) -> dict[str, str]:
+        lookup = self.config.prompt_lookup
+        if lookup and self.static is not None and not self.lookup_with_compile:
+            lookup_text = "off (transformers refuses it with the static cache)"
+        else:
+            lookup_text = f"{lookup} draft tokens" if lookup else "off"
         return {
             "backend": self.name,
             "model": self.config.model,
             "device": self.device,
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention,
+            "compile": self.compile_note or "off",
+            "prompt_lookup": lookup_text,
+            "prompt_token_cache": "on" if self.tokens is None or self.tokens.enabled
+            else self.tokens.problem,
         }
 
+    # ------------------------------------------------------------------ inputs
+
+    def _preprocess_device_kwargs(self) -> dict:
+        """The image processor resizes and normalises on the model's GPU (no CPU work and no
+        pixel transfer beyond the uint8 frame); on the CPU it runs as the card's does."""
+        return {"device": self.device} if self.device.startswith("cuda") else {}
+
     def encode(self, image: Image.Image, prompt: str):
-        """Chat template + processor, exactly as the model card's snippet does it."""
+        """The model inputs for (image, prompt) on the model's device: the same tensors the
+        model card's `processor(text=chat_template(...), images=...)` gives (checked: see
+        `prompt_tokens`), with the prompt's fixed part tokenized once per frame size."""
+        from transformers import BatchFeature
+
+        stated = fit_to_pixel_budget(*image.size, self.config.min_pixels, self.config.max_pixels)
+        side = self._token_pixels()
+        image_tokens = (stated[0] // side) * (stated[1] // side)
+        fixed = prompt_prefix(*stated, self.config.prompt_style)
+        text_inputs = self.tokens.lookup(prompt, fixed, image_tokens) if self.tokens else None
+        device_kwargs = self._preprocess_device_kwargs()
+        if text_inputs is None:
+            inputs = self.processor(
+                text=[self._chat_text(image, prompt)], images=[image], return_tensors="pt",
+                **device_kwargs,
+            )
+            if self.tokens is not None:
+                self.tokens.learn(prompt, fixed, image_tokens, inputs)
+        else:
+            import torch
+
+            vision = self.processor.image_processor(images=[image], return_tensors="pt",
+                                                    **device_kwargs)  # fmt: skip
+            text = {k: torch.tensor([v]) for k, v in text_inputs.items()}
+            inputs = BatchFeature({**text, **vision})
+        self._check_fed_size(image, inputs["image_grid_thw"][0])
+        return inputs.to(self.model.device)
+
+    def _token_pixels(self) -> int:
+        """Side in pixels of the square one image token covers (patch 14 x merge 2 = 28)."""
+        vision = self.model.config.vision_config
+        return vision.patch_size * vision.spatial_merge_size
+
+    def _chat_text(self, image: Image.Image, prompt: str) -> str:
+        """Chat template, exactly as the model card's snippet applies it."""
         messages = [
             {
                 "role": "user",
                 "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}],
             }
         ]
-        text = self.processor.apply_chat_template(
+        return self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        inputs = self.processor(text=[text], images=[image], return_tensors="pt")
-        self._check_fed_size(image, inputs["image_grid_thw"][0])
-        return inputs.to(self.model.device)
 
     def _check_fed_size(self, image: Image.Image, grid_thw) -> None:
         """The prompt states fit_to_pixel_budget's size: the processor must feed exactly that."""
@@ -179,6 +308,29 @@ class TransformersBackend:
                 f"{stated[0]} x {stated[1]}: its pixel limits differ from the engine's"
             )
 
+    # ------------------------------------------------------------------ generation
+
+    def _speed_kwargs(self, prompt_tokens: int, max_new_tokens: int, lookup: bool) -> dict:
+        """Static cache + compile config when compiled (and the prompt fits the cache), and the
+        prompt-lookup draft length when asked for; call under torch.inference_mode."""
+        kwargs: dict = {}
+        compiled = self.static is not None and self.static.fits(prompt_tokens, max_new_tokens)
+        if compiled:
+            kwargs.update(self.static.generate_kwargs())
+        if lookup and self.config.prompt_lookup > 0 and (self.lookup_with_compile or not compiled):
+            kwargs["prompt_lookup_num_tokens"] = self.config.prompt_lookup
+        return kwargs
+
+    def _generate_ids(self, inputs, *, lookup: bool = True, **kwargs):
+        """Greedy `generate` on the speed path the config asks for; the generated ids (1-D)."""
+        import torch
+
+        n_prompt = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            kwargs.update(self._speed_kwargs(n_prompt, kwargs["max_new_tokens"], lookup))
+            output = self.model.generate(**inputs, do_sample=False, **kwargs)
+        return output[0, n_prompt:]
+
     def generate(
         self,
         image: Image.Image,
@@ -187,69 +339,87 @@ class TransformersBackend:
         max_new_tokens: int,
         on_text: TextCallback | None = None,
         should_stop: StopCallback | None = None,
+        end_when: TextEnd | None = None,
     ) -> Generation:
-        import torch
-
         t0 = time.perf_counter()
         inputs = self.encode(image, prompt)
         preprocess_s = time.perf_counter() - t0
+        n_prompt = inputs["input_ids"].shape[1]
+        tokenizer = self.processor.tokenizer
+        watch = decoding.TextWatch(tokenizer, end_when, n_prompt) if end_when else None
         stop = _StopFlag(should_stop)
-        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}
-        if should_stop is not None:
-            kwargs["stopping_criteria"] = _stopping_criteria(stop)
+        kwargs: dict = {"max_new_tokens": max_new_tokens}
+        criteria = decoding.stopping_criteria(
+            stop if should_stop is not None else None, [watch] if watch else []
+        )
+        if criteria is not None:
+            kwargs["stopping_criteria"] = criteria
         if on_text is not None:
-            kwargs["streamer"] = _callback_streamer(self.processor.tokenizer, on_text)
+            kwargs["streamer"] = decoding.callback_streamer(tokenizer, on_text, watch)
         t1 = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **kwargs)
+        new_tokens = self._generate_ids(inputs, **kwargs)
         generate_s = time.perf_counter() - t1
         if stop.fired:
             raise GenerationStopped("generation stopped before it finished")
-        n_prompt = inputs["input_ids"].shape[1]
-        new_tokens = output[0, n_prompt:]
-        text = self.processor.decode(new_tokens, skip_special_tokens=True)
-        return Generation(
-            text,
-            n_prompt,
-            int(new_tokens.shape[0]),
-            preprocess_s,
-            generate_s,
-            tuple(new_tokens.tolist()),
-        )
+        ids = new_tokens.tolist()
+        if watch is not None:
+            ids = list(watch.trim(ids))
+        text = self.processor.decode(ids, skip_special_tokens=True)
+        return Generation(text, n_prompt, len(ids), preprocess_s, generate_s, tuple(ids))
 
     def generate_many(
-        self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
+        self,
+        image: Image.Image,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        end_when: TextEndFactory | None = None,
     ) -> list[Generation]:
         """One prefill of the image and the shared prompt tokens, then one greedy continuation
         per prompt from a copy of that KV cache (`prefix_cache`): the tokens `generate` gives
         per prompt (tested on the CPU). With `EngineConfig.batch_questions`, the prompts
         decode as one batch instead (faster on a GPU). A single prompt, or prompts sharing no
-        prefix that holds the image, go through `generate` one by one."""
+        prefix that holds the image, go through `generate` one by one. `end_when`: a fresh
+        predicate per prompt, ending its generation (see `generate`)."""
         from . import prefix_cache
 
+        def one_by_one() -> list[Generation]:
+            return [self.generate(image, p, max_new_tokens=max_new_tokens,
+                                  end_when=end_when() if end_when else None)
+                    for p in prompts]  # fmt: skip
+
         if len(prompts) < 2:
-            return [self.generate(image, p, max_new_tokens=max_new_tokens) for p in prompts]
+            return one_by_one()
+        tokenizer = self.processor.tokenizer
+        watches: list[decoding.TextWatch] = []
+
+        def stopping(start: int, rows: int) -> dict:
+            """Stopping criteria for one generate call of `rows` prompts of width `start`."""
+            if end_when is None:
+                return {}
+            new = [decoding.TextWatch(tokenizer, end_when(), start) for _ in range(rows)]
+            watches.extend(new)
+            return {"stopping_criteria": decoding.stopping_criteria(None, new)}
+
         outputs = prefix_cache.generate_many(
             self.model,
             self.processor,
             image,
             prompts,
             batched=self.config.batch_questions,
+            stopping=stopping,
             max_new_tokens=max_new_tokens,
         )
         if outputs is None:
-            return [self.generate(image, p, max_new_tokens=max_new_tokens) for p in prompts]
-        return [
-            Generation(
-                self.processor.decode(list(o.token_ids), skip_special_tokens=True),
-                o.prompt_tokens,
-                len(o.token_ids),
-                o.preprocess_s,
-                o.generate_s,
-                o.token_ids,
-            )
-            for o in outputs
-        ]
+            return one_by_one()
+        generations = []
+        for i, o in enumerate(outputs):
+            ids = list(watches[i].trim(o.token_ids)) if watches else list(o.token_ids)
+            generations.append(Generation(
+                self.processor.decode(ids, skip_special_tokens=True), o.prompt_tokens, len(ids),
+                o.preprocess_s, o.generate_s, tuple(ids),
+            ))
+        return generations
 
 
 class _StopFlag:
@@ -261,29 +431,3 @@ class _StopFlag:
         if self.should_stop is not None and self.should_stop():
             self.fired = True
         return self.fired
-
-
-def _stopping_criteria(stop: _StopFlag):
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full(
-                (input_ids.shape[0],), stop(), dtype=torch.bool, device=input_ids.device
-            )
-
-    return StoppingCriteriaList([_Stop()])
-
-
-def _callback_streamer(tokenizer, on_text: TextCallback):
-    from transformers import TextStreamer
-
-    class _CallbackStreamer(TextStreamer):
-        """transformers' TextStreamer, delivering text to a callback instead of stdout."""
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                on_text(text)
-
-    return _CallbackStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

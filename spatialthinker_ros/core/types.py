@@ -16,6 +16,23 @@ from .scene import Reasoning
 Size = tuple[int, int]  # (width, height)
 TextCallback = Callable[[str], None]
 StopCallback = Callable[[], bool]
+# Fed each piece of generated text, in order; True ends generation there, normally (the text up
+# to and including that piece is the output). See `engine.SceneGraphEnd`.
+TextEnd = Callable[[str], bool]
+# A fresh TextEnd per prompt (generate_many).
+TextEndFactory = Callable[[], TextEnd]
+
+# What `answer(..., stop_after=...)` accepts: "" (the full answer) or "scene_graph" (generation
+# ends as soon as the scene graph is complete; the result has no answer, status OK).
+STOP_AFTER_SCENE_GRAPH = "scene_graph"
+STOP_AFTER = ("", STOP_AFTER_SCENE_GRAPH)
+
+
+def stop_after_problem(value: object) -> str | None:
+    """Why `value` is not a stop_after (one of STOP_AFTER), or None."""
+    if value in STOP_AFTER:
+        return None
+    return f"stop_after must be one of {', '.join(repr(s) for s in STOP_AFTER)}; got {value!r}"
 
 
 class EngineError(RuntimeError):
@@ -81,6 +98,7 @@ class Result:
     prompt_version: str = PROMPT_VERSION
     generated_token_ids: tuple[int, ...] = ()
     model: str = ""  # the model reference that produced it
+    stop_after: str = ""  # as asked: "scene_graph" = generation ended with the scene graph
 
     @property
     def raw(self) -> str:
@@ -112,10 +130,16 @@ class GenerationBackend(Protocol):
         max_new_tokens: int,
         on_text: TextCallback | None = None,
         should_stop: StopCallback | None = None,
+        end_when: TextEnd | None = None,
     ) -> Generation: ...
 
     def generate_many(
-        self, image: Image.Image, prompts: Sequence[str], *, max_new_tokens: int
+        self,
+        image: Image.Image,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        end_when: TextEndFactory | None = None,
     ) -> list[Generation]: ...
 
     def describe(self) -> dict[str, str]: ...

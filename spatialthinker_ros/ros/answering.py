@@ -149,7 +149,7 @@ class Answerer:
         try:
             result = engine.answer(rgb, request.question, request.choices or None,
                                    on_text=stream.on_text, on_scene_graph=stream.on_scene_graph,
-                                   should_stop=job.should_stop)
+                                   should_stop=job.should_stop, stop_after=request.stop_after)
         except Exception as exc:  # noqa: BLE001 - EngineError, GenerationStopped, OOM, bugs
             return self._failed(job, request, exc, outputs, stream.text,
                                 time.monotonic() - t0)

@@ -21,6 +21,7 @@ from ..core.options import (
     option_problem,
 )
 from ..core.prompt import MAX_CHOICES, question_problem
+from ..core.types import STOP_AFTER
 from .topics import camera_name_problem
 
 STRING_ARRAY = "string_array"  # marker default: a string array declared without a value
@@ -118,6 +119,14 @@ NODE_OPTIONS: tuple[Option, ...] = (
         read_only=False,
     ),
     Option(
+        "standing_stop_after",
+        "",
+        "\"\" answers the standing question in full; scene_graph ends each answer as soon as "
+        "its scene graph is complete (published on scene_graph; the answer has no option)",
+        choices=STOP_AFTER,
+        read_only=False,
+    ),
+    Option(
         "max_image_age_s",
         1.0,
         "Oldest acceptable image (stamp vs. now) for standing questions and requests that give "
@@ -180,6 +189,7 @@ class NodeSettings:
     standing_question: str
     standing_choices: tuple[str, ...]
     standing_cameras: tuple[str, ...]
+    standing_stop_after: str
     max_image_age_s: float
     max_future_stamp_s: float
     max_queue: int

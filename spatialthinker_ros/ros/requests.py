@@ -29,6 +29,7 @@ from spatialthinker_ros.srv import AskSpatial as AskSpatialSrv
 from ..core.prompt import question_problem
 from ..core.status import AnswerStatus, GoalOutcome, goal_outcome
 from ..core.text import one_line
+from ..core.types import stop_after_problem
 from .answering import Answerer, AskRequest
 from .conversions import stamp_to_seconds
 from .diagnostics import ServingStats
@@ -42,7 +43,6 @@ FEEDBACK_MIN_INTERVAL_S = 0.05
 # Requests are never dropped by DDS: a burst of callers beyond the default depth of 10 would
 # otherwise lose requests silently (and those callers wait forever).
 REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
-STOP_AFTER = ("", "scene_graph")
 
 
 class RequestServer:
@@ -176,9 +176,8 @@ class RequestServer:
         settings = self._settings()
         problem = question_problem(request.question, request.choices,
                                    settings.engine.max_question_chars)
-        if problem is None and request.stop_after not in STOP_AFTER:
-            problem = (f"stop_after must be one of {', '.join(repr(s) for s in STOP_AFTER)}; "
-                       f"got {request.stop_after!r}")
+        if problem is None:
+            problem = stop_after_problem(request.stop_after)
         if problem is not None:
             return self._reject(request, AnswerStatus.INVALID_REQUEST, problem)
         if request.not_before_s > 0.0:

@@ -126,7 +126,8 @@ class StandingQuestion:
             last_seq = self._last_seq.get(name, 0)
         self._count += 1
         request = AskRequest(standing[0], standing[1], settings.max_image_age_s,
-                             f"standing-{self._count}", camera=name, standing=True)
+                             f"standing-{self._count}", camera=name, standing=True,
+                             stop_after=settings.standing_stop_after)
         problem = self._answerer.frame_problem(request)
         if problem is not None:
             self._finish(self._answerer.status(request, *problem))

@@ -220,8 +220,14 @@ def build_tiny_model(
     vision_layers: int = 2,
     fit_text: str | None = None,
     fit_steps: int = 800,
+    init_std: float | None = None,
 ) -> Path:
-    """Write a loadable Qwen2.5-VL model + processor to `out_dir` and return the path."""
+    """Write a loadable Qwen2.5-VL model + processor to `out_dir` and return the path.
+
+    `init_std`: redraw every weight matrix at this std. At the default init (0.02, tied
+    embeddings) the residual stream dominates and the model repeats one token whatever the
+    image or question; at 0.2 its long garbage output depends on both (what token-identity
+    tests need)."""
     import torch
     from transformers import (
         GenerationConfig,
@@ -244,6 +250,12 @@ def build_tiny_model(
     model = Qwen2_5_VLForConditionalGeneration(
         _config(tokenizer, text_width, text_layers, vision_width, vision_layers)
     ).eval()
+    if init_std is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.ndim >= 2:
+                    param.normal_(0.0, init_std, generator=generator)
     if fit_text is not None:
         _fit(model, processor, fit_text, fit_steps, seed)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -252,9 +264,10 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "tiny_model.json").write_text(
-        json.dumps({"seed": seed, "fit_text": fit_text, "fit_steps": fit_steps if fit_text else 0})
-    )
+    (out / "tiny_model.json").write_text(json.dumps({
+        "seed": seed, "fit_text": fit_text, "fit_steps": fit_steps if fit_text else 0,
+        "init_std": init_std,
+    }))
     return out
 
 

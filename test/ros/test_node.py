@@ -253,10 +253,10 @@ class Harness:
 
     # -- requests
     def ask_async(self, question: str = QUESTION, choices: Sequence[str] = CHOICES,
-                  max_image_age_s: float = 0.0, request_id: str = ""):
+                  max_image_age_s: float = 0.0, request_id: str = "", stop_after: str = ""):
         request = self.AskSpatial.Request(question=question, choices=list(choices),
                                           max_image_age_s=max_image_age_s,
-                                          request_id=request_id)
+                                          request_id=request_id, stop_after=stop_after)
         return self.ask_client.call_async(request)
 
     def ask(self, question: str = QUESTION, choices: Sequence[str] = CHOICES, **kwargs: Any):
@@ -652,6 +652,33 @@ def test_standing_question_answers_the_newest_frame(make_harness) -> None:
     first = answers[0]
     assert first.status == harness.SpatialAnswer.STATUS_OK and first.option == "A"
     assert first.header.frame_id == "cam_standing"
+    harness.question_pub.publish(String(data=""))  # clear
+
+
+def test_stop_after_scene_graph_on_requests_and_the_standing_question(make_harness) -> None:
+    harness = make_harness(rate_hz=20.0, standing_stop_after="scene_graph")
+    a = harness.SpatialAnswer
+    harness.send_frame(frame_id="cam_stop")
+    full = harness.ask(request_id="full")
+    stopped = harness.ask(request_id="stopped", stop_after="scene_graph")
+    assert full.status == a.STATUS_OK and full.option == "A"
+    assert stopped.status == a.STATUS_OK, stopped.status_message
+    assert (stopped.option, stopped.answer_text, stopped.reasoning) == ("", "", "")
+    assert stopped.raw_output.rstrip().endswith("</scene>")
+    assert full.raw_output.startswith(stopped.raw_output.rstrip())
+    assert 0 < stopped.generated_tokens < full.generated_tokens
+    assert [o.id for o in stopped.scene_graph.objects] == ["cube.1", "ball.1"]
+    assert_box(stopped.scene_graph.objects[0], expected_box([64, 120, 256, 360]))
+    assert len(stopped.scene_graph.relations) == 1
+    bad = harness.ask(stop_after="answer")
+    assert bad.status == a.STATUS_INVALID_REQUEST and "stop_after" in bad.status_message
+
+    harness.question_pub.publish(String(data=QUESTION))  # the standing question
+    standing = wait_until(
+        lambda: [m for m in harness.messages("answer") if m.request_id.startswith("standing-")],
+        what="a standing answer")[0]
+    assert standing.status == a.STATUS_OK and standing.option == ""
+    assert standing.raw_output.rstrip().endswith("</scene>")
     harness.question_pub.publish(String(data=""))  # clear
 
 

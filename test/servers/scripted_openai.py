@@ -25,6 +25,7 @@ class Mode(enum.Enum):
     OK = "ok"  # `chunks` as content deltas, a finish chunk, an optional usage chunk, [DONE]
     SILENT = "silent"  # headers never come: waits until the client hangs up or the server stops
     TRICKLE = "trickle"  # one content delta every `trickle_s`, never finishing
+    CHUNKS_THEN_TRICKLE = "chunks_then_trickle"  # `chunks`, then TRICKLE
     CUT = "cut"  # content deltas, then the connection closes without a finish_reason
     MALFORMED = "malformed"  # a data line that is not JSON
     ERROR_EVENT = "error_event"  # a content delta, then `data: {"error": ...}`
@@ -161,7 +162,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif script.mode is Mode.ERROR_EVENT:
             write(_chunk({"content": "<observe>"}))
             write(b'data: {"error": {"message": "CUDA out of memory", "code": 500}}\n\n')
-        elif script.mode is Mode.TRICKLE:
+        elif script.mode in (Mode.TRICKLE, Mode.CHUNKS_THEN_TRICKLE):
+            if script.mode is Mode.CHUNKS_THEN_TRICKLE:
+                for delta in script.chunks:
+                    write(_chunk(delta if isinstance(delta, dict) else {"content": delta}))
             for i in range(int(HANG_LIMIT_S / script.trickle_s)):
                 write(_chunk({"content": f"tok{i} "}))
                 self.wfile.flush()

@@ -19,7 +19,7 @@ missing or repaired). This module is the public API.
 
 from __future__ import annotations
 
-from .reasoning import parse_output
+from .reasoning import parse_output, parse_until_scene
 from .scene_graph import (
     MAX_COORD,
     MAX_REPAIR_CHARS,
@@ -38,6 +38,7 @@ __all__ = [
     "label_of",
     "parse_output",
     "parse_scene_graph",
+    "parse_until_scene",
     "scene_closed",
     "stream_stage",
 ]

@@ -36,6 +36,30 @@ def parse_output(text: str, choices: Sequence[str] | None = None) -> Reasoning:
         return parser_error(clean, exc)
 
 
+def parse_until_scene(text: str) -> Reasoning:
+    """Parse an output that ended once its scene graph was complete (stop_after="scene_graph"):
+    the observation and the scene graph, no thought and no answer expected. OK when both are
+    well formed, PARTIAL with the notes when something was missing or repaired, PARSE_ERROR
+    without a scene graph. Never raises on a str."""
+    if not isinstance(text, str):
+        raise TypeError(f"model output must be str, got {type(text).__name__}")
+    clean = safe_text(text)
+    notes = Notes()
+    try:
+        tags = scan_tags(clean)
+        sections = split_sections(clean, tags, len(clean) - partial_tag_length(clean))
+        observation = prose("observe", sections["observe"], notes)
+        graph = select_scene(sections["scene"], notes, SceneCache())
+    except Exception as exc:  # a parser bug must not take the node down
+        return parser_error(clean, exc)
+    if not sections["scene"]:
+        status = ParseStatus.PARSE_ERROR
+    else:
+        status = ParseStatus.PARTIAL if notes else ParseStatus.OK
+    return Reasoning(raw=clean, observation=observation, scene_graph=graph, status=status,
+                     message=safe_text(notes.text()))
+
+
 def parser_error(text: str, exc: Exception) -> Reasoning:
     return Reasoning(
         raw=text,
