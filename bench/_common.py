@@ -98,9 +98,12 @@ def pin_to_one_core() -> int | None:
     return core
 
 
-def card_snippet(model, processor, image, question: str, max_new_tokens: int) -> list[int]:
+def card_snippet(
+    model, processor, image, question: str, max_new_tokens: int, force_length: bool = True
+) -> list[int]:
     """The model card's usage code (its README 'Usage'), with min_new_tokens added so both sides
-    generate the same number of tokens. Returns the generated ids (without the prompt)."""
+    generate the same number of tokens (`force_length`; off where the caller removed the end
+    token instead, see gpu.py). Returns the generated ids (without the prompt)."""
     from spatialthinker_ros.core.prompt import INSTRUCTION
 
     width, height = image.size
@@ -118,8 +121,7 @@ Image size: {width} x {height}"""
     ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
-    generated_ids = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens
-    )
+    length = {"min_new_tokens": max_new_tokens} if force_length else {}
+    generated_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, **length)
     processor.batch_decode(generated_ids, skip_special_tokens=True)[0]
     return generated_ids[0, inputs["input_ids"].shape[1] :].tolist()

@@ -1,28 +1,44 @@
-"""The real Qwen2.5-VL-3B architecture (random weights, bf16) on a CUDA device: the model card's
-snippet against the engine, side by side in one run.
+"""Decode speed of the real Qwen2.5-VL-3B architecture (random bf16 weights) on a CUDA device:
+the model card's snippet against the engine's eager, compiled and prompt-lookup paths, in one
+prepared run that checks itself and writes its tables as it goes.
 
-No download: the Qwen2.5-VL-3B-Instruct configuration is written out below; the tokenizer is
-the tiny offline one (`testing.tiny_model`, a byte-level BPE with Qwen's special tokens) and the
-model keeps the real 151,936-row vocabulary. Random weights emit garbage and never close
-`</scene>`, so every run generates a fixed number of tokens (min_new_tokens = max_new_tokens) and
-"time to scene graph" is the time to SCENE_TOKENS tokens, the length of a typical `<observe>` +
-`<scene>` opening (a proxy, not a measured `</scene>`).
+No download, no network: the Qwen2.5-VL-3B-Instruct configuration is written out below and the
+weights are drawn at random; the tokenizer is the tiny offline one (`testing.tiny_model`) and
+the model keeps the real 151,936-row vocabulary. Random weights emit garbage and never close
+`</scene>`, so every run generates exactly max_new_tokens (the end token is taken out of the
+generation config while timing: no min_new_tokens logits processor, which would cost prompt
+lookup a Python call per draft position) and "time to scene graph" is the time to SCENE_TOKENS
+tokens (a typical output's length up to `</scene>`: a proxy). stop_after="scene_graph" ends the
+real model's answers there: its saving is derived from the measured decode rates (table 3).
 
-Per path, min / median over repeats:
-- time to first token (prefill incl. vision tower: generate with 1 new token);
-- time to scene graph (SCENE_TOKENS new tokens);
-- decode tokens/s at batch 1 ((N - 1) / (t(N) - t(1)), N = --out-len);
-- peak CUDA memory allocated during the path's runs: all (both resident models' weights
-  included: the card's copy and the engine's) / added above what was allocated before them.
-Paths: `card` (the card's usage code), `engine` (engine.answer: sdpa, dynamic cache),
-`engine static+compile` (generate(cache_implementation="static"), which transformers compiles
-on CUDA: the forward pass goes through torch.compile, "reduce-overhead" mode), then 4 questions
-on one frame: card x4, engine.answer_many (shared prefix) and the batched variant, with how
-many of their outputs equal the card's token for token (bf16 kernels may round a split or
-batched prefill differently from the card's single pass).
+Paths (rows), min / median over `--repeats`:
+- card: the model card's usage code (processor + model.generate), on the eager engine's model;
+- engine eager: engine.answer, dynamic cache (compile off);
+- engine eager + prompt lookup (K draft tokens);
+- engine compiled: static cache + torch.compile'd decode step, CUDA graphs (compile on; the
+  compile and warm-up happen in engine.load and are timed apart);
+- engine compiled + prompt lookup (refused by transformers before 5.24: reported as such);
+- engine compiled, stop_after armed: the per-token scene-graph check running (it never fires on
+  random text), i.e. its cost.
+Columns: time to first token (prefill incl. vision tower and preprocessing), time to scene graph,
+decode tokens/s at batch 1 ((N - 1) / (t(N) - t(1))) and its share of the bandwidth ceiling
+(bf16 bytes of the weights one decode step reads / `--bandwidth-tbs`), peak CUDA memory, whether
+the ids equal the eager engine's. Then: forward passes per generated token with prompt lookup,
+4 questions on one frame (card x4, answer_many, batched), and the CPU time of preprocessing a
+640x480 and a 1920x1080 frame with the image processor on the GPU vs on the CPU.
 
-    PYTHONPATH=. .venv/bin/python bench/gpu.py                 # CUDA: about 5-8 minutes on an H100
-    PYTHONPATH=. .venv/bin/python bench/gpu.py --cpu-smoke     # tiny config on the CPU: code check
+Targets (issue 14): compiled decode >= 50% of the ceiling and >= 5x the card snippet.
+
+Every path runs in its own try: a failure is a row with its error, the others still run. The
+JSON and Markdown results are rewritten after every section (`--out DIR`: gpu.json, gpu.md), so
+a run cut short still leaves what it measured. `--budget-s` skips what would not fit.
+
+    PYTHONPATH=. python bench/gpu.py --out /tmp/gpu            # CUDA: ~5-7 min on an H200
+    PYTHONPATH=. python bench/gpu.py --quick --out /tmp/gpu    # fewer tokens and sections
+    PYTHONPATH=. python bench/gpu.py --cpu-smoke --out /tmp/g  # tiny config on the CPU: code check
+
+Imports: torch, transformers, numpy, PIL, tokenizers and this repository's core; the parser
+needs json_repair (a pure-Python wheel works straight from PYTHONPATH=...whl).
 """
 
 from __future__ import annotations
@@ -30,14 +46,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
+import os
+import platform
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-from _common import Stats, card_snippet, machine_line, noise_rgb, print_table
+from _common import Stats, card_snippet, noise_rgb
 
 SCENE_TOKENS = 150  # tokens of a typical output up to `</scene>` (README example: ~120-170)
+TYPICAL_ANSWER_TOKENS = 400  # a typical full answer (300-500)
+LOOKUP_TOKENS = 10
+# Seconds a section may still need: it is skipped when less of --budget-s is left.
+PATH_BUDGET_S = 45
+MANY_BUDGET_S = 120
 
 # Qwen2.5-VL-3B-Instruct's config.json, less the token ids (they come from our tokenizer).
 QWEN25_VL_3B_TEXT = {
@@ -81,12 +107,78 @@ SMOKE_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 
 SMOKE_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                 "out_hidden_size": 64, "fullatt_block_indexes": [1]}  # fmt: skip
 
+QUESTION = ("Where is the cube relative to the ball?", ("left", "right", "above", "below"))
 QUESTIONS = [
-    ("Where is the cube relative to the ball?", ("left", "right", "above", "below")),
+    QUESTION,
     ("Is the cup on the table?", ("yes", "no")),
     ("Which object is closer to the camera?", ("the cube", "the ball")),
     ("Can the arm reach the mug?", ("yes", "no")),
 ]
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+class Report:
+    """Everything measured so far; written to DIR/gpu.json and DIR/gpu.md after each section."""
+
+    def __init__(self, out: Path | None, argv: list[str]):
+        self.out = out
+        self.t0 = time.perf_counter()
+        self.data: dict = {"command": "python bench/gpu.py " + " ".join(argv), "meta": {},
+                           "sections": {}, "failures": [], "elapsed_s": {}}  # fmt: skip
+        self.markdown: list[str] = []
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def section(self, name: str, started: float) -> None:
+        took = time.perf_counter() - started
+        self.data["elapsed_s"][name] = round(took, 1)
+        print(f"[{self.elapsed():6.0f} s] {name}: {took:.1f} s", flush=True)
+        self.write()
+
+    def line(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.markdown.append(text)
+
+    def table(self, key: str, headers: list[str], rows: list[list[object]]) -> None:
+        self.data["sections"][key] = [dict(zip(headers, map(_plain, r), strict=True))
+                                      for r in rows]  # fmt: skip
+        cells = [[str(c) for c in row] for row in rows]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        self.line("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+                  + " |")  # fmt: skip
+        self.line("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in cells:
+            self.line("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                      + " |")  # fmt: skip
+        self.line()
+
+    def failure(self, what: str, exc: BaseException) -> str:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first}"
+        self.data["failures"].append({"what": what, "error": text,
+                                      "traceback": traceback.format_exc()[-4000:]})  # fmt: skip
+        print(f"FAILED {what}: {text}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        return text[:160]
+
+    def write(self) -> None:
+        if self.out is None:
+            return
+        self.data["elapsed_s"]["total"] = round(self.elapsed(), 1)
+        (self.out / "gpu.json").write_text(json.dumps(self.data, indent=2) + "\n")
+        (self.out / "gpu.md").write_text("\n".join(self.markdown) + "\n")
+
+
+def _plain(value: object) -> object:
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+# ---------------------------------------------------------------------------------- model
 
 
 def build_model_dir(out: Path, smoke: bool, device: str, dtype) -> Path:
@@ -135,6 +227,41 @@ def build_model_dir(out: Path, smoke: bool, device: str, dtype) -> Path:
     return out
 
 
+def scratch_dir(need_bytes: int) -> str | None:
+    """/dev/shm when it has room for the model (memory: fast to write and read back), else the
+    default temporary directory."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > need_bytes:
+        return str(shm)
+    return None
+
+
+def decode_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every language-model matrix once (the tied
+    embedding as the output head), at the parameters' own precision. The vision tower runs at
+    prefill only. The KV cache read (36 KiB per token of context) is left out: < 1% here."""
+    seen, total = set(), 0
+    for module in (model.model.language_model, model.lm_head):
+        for param in module.parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel() * param.element_size()
+    return total
+
+
+@contextlib.contextmanager
+def no_end_token(*models):
+    """Generation runs to max_new_tokens: the models' end token is taken out meanwhile."""
+    saved = [m.generation_config.eos_token_id for m in models]
+    for m in models:
+        m.generation_config.eos_token_id = None
+    try:
+        yield
+    finally:
+        for m, eos in zip(models, saved, strict=True):
+            m.generation_config.eos_token_id = eos
+
+
 class Clock:
     """Wall time with the device synchronised, and the peak memory over a block."""
 
@@ -148,162 +275,434 @@ class Clock:
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def time(self, call) -> float:
+    def time(self, call) -> tuple[float, object]:
         self.sync()
         t0 = time.perf_counter()
-        call()
+        value = call()
         self.sync()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, value
 
     @contextlib.contextmanager
     def peak(self, into: dict, key: str):
-        """Peak CUDA memory allocated in the block: (total GiB, GiB above the block's start)."""
+        """Peak CUDA memory allocated in the block (GiB)."""
         if self.cuda:
             self.sync()
             self.torch.cuda.reset_peak_memory_stats()
-            start = self.torch.cuda.memory_allocated()
         yield
         if self.cuda:
-            peak = self.torch.cuda.max_memory_allocated()
-            into[key] = f"{peak / 2**30:.2f} / {(peak - start) / 2**30:.2f}"
+            into[key] = round(self.torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
-def main() -> int:
+# ---------------------------------------------------------------------------------- main
+
+
+def versions(cuda: bool) -> dict:
+    import torch
+    import transformers
+
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": str(torch.version.cuda),
+        "transformers": transformers.__version__,
+        "cpu_cores": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        meta.update(gpu=torch.cuda.get_device_name(0),
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}")  # fmt: skip
+    else:
+        meta["gpu"] = "none (CPU smoke run)"
+    return meta
+
+
+def check_imports() -> str | None:
+    """Why this repository's engine cannot be imported here, or None."""
+    try:
+        import spatialthinker_ros.core.engine  # noqa: F401
+    except ModuleNotFoundError as exc:
+        hint = (" (json_repair is pure Python: put its wheel on PYTHONPATH, e.g. "
+                "PYTHONPATH=.:json_repair-X-py3-none-any.whl)" if exc.name == "json_repair"
+                else "")  # fmt: skip
+        return f"missing module {exc.name!r}{hint}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny config on the CPU")
-    parser.add_argument("--out-len", type=int, default=512, help="N for the decode rate")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="skip the static+compile path")
-    parser.add_argument("--model-dir", help="reuse a directory written by an earlier run")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="N=128, 1 repeat, no 4-question or eager-lookup sections")
+    parser.add_argument("--out-len", type=int, default=256, help="N for the decode rate")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--bandwidth-tbs", type=float, default=4.8,
+                        help="memory bandwidth for the ceiling (H200: 4.8 TB/s)")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="skip sections that would start after this many seconds")
+    parser.add_argument("--model-dir", help="reuse a model directory written by an earlier run")
+    parser.add_argument("--out", type=Path, help="directory for gpu.json and gpu.md")
+    args = parser.parse_args(argv)
 
+    problem = check_imports()
+    if problem is not None:
+        print(f"bench/gpu.py: cannot run: {problem}", file=sys.stderr)
+        return 2
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    from spatialthinker_ros.core import prefix_cache
-    from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
-    from spatialthinker_ros.core.prompt import question_text
 
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     if not cuda and not args.cpu_smoke:
         parser.error("no CUDA device: run with --cpu-smoke to check the code on the CPU")
-    device, dtype_name = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
-    dtype = getattr(torch, dtype_name)
+    if args.quick:
+        args.out_len, args.repeats = min(args.out_len, 128), 1
     if args.cpu_smoke:
         args.out_len, args.repeats = min(args.out_len, 24), 1
-    scene_tokens = min(SCENE_TOKENS, args.out_len)
-    clock = Clock(cuda)
+    report = Report(args.out, argv)
+    report.data["meta"] = versions(cuda)
+    meta = report.data["meta"]
+    report.line(f"# bench/gpu.py  {meta['date']}")
+    report.line(f"{meta['gpu']}; torch {meta['torch']} (CUDA {meta['torch_cuda']}), transformers "
+                f"{meta['transformers']}, python {meta['python']}, {meta['cpu_cores']} cores")
+    report.line(f"command: `{report.data['command']}`")
+    report.line()
+    report.write()
+    try:
+        run(args, report, cuda)
+    except Exception as exc:  # noqa: BLE001 - whatever happens, the report is written
+        report.failure("run", exc)
+        report.line(f"RUN ABORTED: {type(exc).__name__}: {exc}")
+    report.write()
+    print(f"[{report.elapsed():6.0f} s] done" + (f"; results in {args.out}" if args.out else ""))
+    return 0
 
-    tmp = tempfile.TemporaryDirectory()
-    t0 = time.perf_counter()
+
+def run(args, report: Report, cuda: bool) -> None:
+    import torch
+
+    from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
+    from spatialthinker_ros.core.prompt import question_text
+
+    device, dtype_name = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
+    dtype = getattr(torch, dtype_name)
+    n_out = args.out_len
+    scene_tokens = min(SCENE_TOKENS, n_out)
+    clock = Clock(cuda)
+    budget_left = lambda: args.budget_s - report.elapsed()  # noqa: E731
+
+    # -- model --------------------------------------------------------------------------
+    started = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(dir=scratch_dir(12 * 2**30))
     if args.model_dir and (Path(args.model_dir) / "config.json").exists():
         model_dir = Path(args.model_dir)
     else:
-        model_dir = Path(args.model_dir or tmp.name)
-        build_model_dir(model_dir, args.cpu_smoke, device, dtype)
-    build_s = time.perf_counter() - t0
+        model_dir = build_model_dir(Path(args.model_dir or tmp.name), args.cpu_smoke, device,
+                                    dtype)  # fmt: skip
+    report.section("model built and written", started)
 
-    config = EngineConfig(model=str(model_dir), device=device, dtype=dtype_name,
-                          attn_implementation="sdpa", max_new_tokens=args.out_len)  # fmt: skip
-    engine = SpatialThinkerEngine(config)
-    engine.load()
-    model = engine.backend.model
+    base = EngineConfig(model=str(model_dir), device=device, dtype=dtype_name,
+                        attn_implementation="sdpa", max_new_tokens=n_out, compile="off")
+    started = time.perf_counter()
+    eager = SpatialThinkerEngine(base)
+    eager.load()
+    model = eager.backend.model
+    report.section("eager engine loaded", started)
+
+    started = time.perf_counter()
+    compiled = None
+    try:
+        compiled = SpatialThinkerEngine(
+            dataclasses.replace(base, compile="on", prompt_lookup=LOOKUP_TOKENS))
+        compiled.load()
+    except Exception as exc:  # noqa: BLE001
+        compiled = None
+        report.failure("compiled engine load", exc)
+    report.section("compiled engine loaded (compile + warm-up)", started)
+
     n_params = sum(p.numel() for p in model.parameters())
-    card_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(model_dir), torch_dtype="auto", device_map="auto"
-    )
-    card_processor = AutoProcessor.from_pretrained(str(model_dir))
-    image = engine.prepare_image(noise_rgb(640, 480, seed=2)).image  # 644x476 for both sides
-    question, choices = QUESTIONS[0]
+    per_token = decode_bytes_per_token(model)
+    ceiling = args.bandwidth_tbs * 1e12 / per_token
+    image = eager.prepare_image(noise_rgb(640, 480, seed=2)).image  # 644x476 for all paths
+    card_processor = __import__("transformers").AutoProcessor.from_pretrained(str(model_dir))
+    question, choices = QUESTION
+    report.data["meta"].update(
+        params_b=round(n_params / 1e9, 3), decode_gb_per_token=round(per_token / 1e9, 3),
+        bandwidth_tbs=args.bandwidth_tbs, ceiling_tokens_s=round(ceiling, 1),
+        compile=compiled.describe()["compile"] if compiled else "failed",
+        prompt_lookup_with_compile=bool(compiled and compiled.backend.lookup_with_compile),
+        out_len=n_out, scene_tokens=scene_tokens, repeats=args.repeats,
+    )  # fmt: skip
+    smoke = " (SMOKE: tiny config)" if args.cpu_smoke else ""
+    report.line(f"model: Qwen2.5-VL-3B architecture{smoke}, random weights, "
+                f"{n_params / 1e9:.3f} B params, {dtype_name}, {device}, sdpa; image 644x476 "
+                f"(391 image tokens); N = {n_out}; scene graph = {scene_tokens} tokens (proxy); "
+                f"{args.repeats} repeats")
+    report.line(f"ceiling: {per_token / 1e9:.2f} GB of weights read per decode step at "
+                f"{args.bandwidth_tbs} TB/s = {ceiling:.0f} tokens/s (batch 1)")
+    if compiled is not None:
+        report.line(f"compiled engine: {compiled.describe()['compile']}; prompt lookup: "
+                    f"{compiled.describe()['prompt_lookup']}")
+    report.line()
 
-    def engine_with(n: int) -> SpatialThinkerEngine:
-        """The loaded engine with another max_new_tokens (same backend, same weights)."""
-        model.generation_config.min_new_tokens = n
-        return SpatialThinkerEngine(dataclasses.replace(config, max_new_tokens=n), engine.backend)
+    # -- paths ----------------------------------------------------------------------------
+    def set_lookup(engine, k: int) -> None:
+        engine.backend.config = dataclasses.replace(engine.backend.config, prompt_lookup=k)
 
-    def card(n: int):
-        text = question_text(question, choices)
-        return lambda: card_snippet(card_model, card_processor, image, text, n)
+    def engine_call(engine, stop_after: str = ""):
+        def make(n: int):
+            e = SpatialThinkerEngine(dataclasses.replace(engine.config, max_new_tokens=n),
+                                     engine.backend)  # fmt: skip
+            return lambda: e.answer(image, question, choices,
+                                    stop_after=stop_after).generated_token_ids  # fmt: skip
+        return make
 
-    def engine_answer(n: int):
-        e = engine_with(n)
-        return lambda: e.answer(image, question, choices)
+    def card_call(n: int):
+        return lambda: tuple(card_snippet(model, card_processor, image,
+                                          question_text(question, choices), n,
+                                          force_length=False))  # fmt: skip
 
-    paths = {"card": card, "engine (sdpa)": engine_answer}
-    if not args.no_compile:
-        paths["engine static" + ("+compile" if cuda else " (no compile on CPU)")] = engine_answer
+    paths = [("card (model card snippet)", eager, card_call, 0),
+             ("engine eager", eager, engine_call(eager), 0)]
+    if not args.quick:
+        paths.append((f"engine eager + prompt lookup {LOOKUP_TOKENS}", eager, engine_call(eager),
+                      LOOKUP_TOKENS))  # fmt: skip
+    if compiled is not None:
+        paths += [("engine compiled", compiled, engine_call(compiled), 0),
+                  (f"engine compiled + prompt lookup {LOOKUP_TOKENS}", compiled,
+                   engine_call(compiled), LOOKUP_TOKENS),
+                  ("engine compiled, stop_after armed", compiled,
+                   engine_call(compiled, "scene_graph"), 0)]  # fmt: skip
 
-    rows, peaks = [], {}
-    for name, make in paths.items():
-        static = name.startswith("engine static")
-        model.generation_config.cache_implementation = "static" if static else None
-        lengths = sorted({1, scene_tokens, args.out_len})
-        times = {n: [] for n in lengths}
-        with clock.peak(peaks, name):
-            for n in lengths:
-                clock.time(make(n))  # warm-up (and compilation for the static path)
-            for _ in range(args.repeats):
-                for n in lengths:
-                    times[n].append(clock.time(make(n)))
-        first, scene, full = (Stats(tuple(times[n])) for n in (1, scene_tokens, args.out_len))
-        rate = (args.out_len - 1) / max(full.min - first.min, 1e-9)
-        rows.append([name, f"{first.min * 1e3:.0f} / {first.median * 1e3:.0f}",
-                     f"{scene.min:.3f} / {scene.median:.3f}", f"{full.min:.3f}",
-                     f"{rate:.1f}", peaks.get(name, "-")])  # fmt: skip
-    model.generation_config.cache_implementation = None
+    rows, rates, peaks, ids_of = [], {}, {}, {}
+    lengths = sorted({1, scene_tokens, n_out})
+    for name, engine, make, lookup in paths:
+        started = time.perf_counter()
+        if budget_left() < PATH_BUDGET_S:
+            rows.append([name, "skipped: time budget"])
+            continue
+        if lookup and engine is compiled and not compiled.backend.lookup_with_compile:
+            import transformers
 
-    # Four questions on one frame, scene-graph length each.
-    n = scene_tokens
-    many_engine = engine_with(n)
-    prompts = [many_engine.prompt_for(engine.prepare_image(image), q, c) for q, c in QUESTIONS]
+            reason = (f"refused by transformers {transformers.__version__}: assisted generation "
+                      "needs a croppable cache (a static one is from 5.24 on)")
+            rows.append([name, reason])
+            report.data["failures"].append({"what": name, "error": reason})
+            continue
+        try:
+            set_lookup(engine, lookup)
+            times = {n: [] for n in lengths}
+            with clock.peak(peaks, name), no_end_token(engine.backend.model):
+                for n in lengths:  # warm-up (and any recompile)
+                    ids_of[name] = tuple(clock.time(make(n))[1])
+                for _ in range(args.repeats):
+                    for n in lengths:
+                        times[n].append(clock.time(make(n))[0])
+            first, scene, full = (Stats(tuple(times[n])) for n in (1, scene_tokens, n_out))
+            rates[name] = (n_out - 1) / max(full.min - first.min, 1e-9)
+            rows.append([name, f"{first.min * 1e3:.0f} / {first.median * 1e3:.0f}",
+                         f"{scene.min:.3f} / {scene.median:.3f}", f"{full.min:.3f}",
+                         f"{rates[name]:.1f}", f"{100 * rates[name] / ceiling:.1f}%",
+                         peaks.get(name, "-")])  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            rows.append([name, "FAILED: " + report.failure(name, exc)])
+        finally:
+            set_lookup(engine, 0)
+        report.section(f"path: {name}", started)
+    card_rate = rates.get("card (model card snippet)")
+    reference = ids_of.get("engine eager")
+    for row in rows:
+        if len(row) == 2:  # skipped or failed: empty cells
+            row += [""] * 7
+            continue
+        rate, ids = rates[row[0]], ids_of[row[0]]
+        row.append(_same(ids, reference) if reference is not None else "-")
+        row.append(f"{rate / card_rate:.2f}x" if card_rate else "")
+    headers = ["path", "first token ms (min / med)", f"{scene_tokens} tokens s (min / med)",
+               f"{n_out} tokens s (min)", "decode tok/s", "of ceiling", "peak GiB",
+               "ids = eager engine's", "vs card"]  # fmt: skip
+    report.line(f"## Decode at batch 1 (ceiling {ceiling:.0f} tok/s)")
+    report.table("paths", headers, rows)
+    verdict(report, rates, ceiling)
 
-    def card_x4() -> list[list[int]]:
-        return [card_snippet(card_model, card_processor, image, question_text(q, c), n)
-                for q, c in QUESTIONS]  # fmt: skip
+    # -- forward passes per token (prompt lookup) -----------------------------------------
+    started = time.perf_counter()
+    if budget_left() > 30:
+        try:
+            forward_rows = []
+            for k in (0, LOOKUP_TOKENS):
+                set_lookup(eager, k)
+                counter = ForwardCounter(eager.backend.model)
+                with no_end_token(eager.backend.model):
+                    ids = engine_call(eager)(n_out)()
+                counter.close()
+                forward_rows.append([f"eager, prompt lookup {k}", len(ids), counter.count,
+                                     f"{counter.count / max(1, len(ids)):.3f}"])  # fmt: skip
+            report.line("## Forward passes per generated token (random weights: drafts rarely "
+                        "match; see bench/README.md for the fitted model)")
+            report.table("forward_passes", ["path", "tokens", "forward passes", "per token"],
+                         forward_rows)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            report.failure("forward passes", exc)
+        finally:
+            set_lookup(eager, 0)
+    report.section("forward passes", started)
 
-    def answer_many() -> list[list[int]]:
-        return [list(r.generated_token_ids) for r in many_engine.answer_many(image, QUESTIONS)]
+    # -- stop_after, derived --------------------------------------------------------------
+    stop_rows = []
+    for name, rate in rates.items():
+        saved = (TYPICAL_ANSWER_TOKENS - SCENE_TOKENS) / rate
+        stop_rows.append([name, f"{TYPICAL_ANSWER_TOKENS / rate:.2f}",
+                          f"{SCENE_TOKENS / rate:.2f}", f"{saved:.2f}"])  # fmt: skip
+    report.line(f"## stop_after scene_graph (derived: {TYPICAL_ANSWER_TOKENS}-token answer whose "
+                f"scene graph closes at token {SCENE_TOKENS}; decode only)")
+    report.table("stop_after", ["path", f"{TYPICAL_ANSWER_TOKENS} tokens s",
+                                f"{SCENE_TOKENS} tokens s", "saved s"], stop_rows)  # fmt: skip
+    report.write()
 
-    def batched() -> list[list[int]]:
+    # -- 4 questions on one frame --------------------------------------------------------
+    started = time.perf_counter()
+    if not args.quick and budget_left() > MANY_BUDGET_S:
+        try:
+            many(report, args, clock, eager, model, card_processor, image, scene_tokens, peaks)
+        except Exception as exc:  # noqa: BLE001
+            report.failure("4 questions", exc)
+    else:
+        report.line("## 4 questions on one frame: skipped (--quick or time budget)")
+    report.section("4 questions", started)
+
+    # -- preprocessing --------------------------------------------------------------------
+    started = time.perf_counter()
+    if budget_left() > 15:
+        try:
+            preprocessing(report, args, clock, eager, cuda)
+        except Exception as exc:  # noqa: BLE001
+            report.failure("preprocessing", exc)
+    report.section("preprocessing", started)
+    if not args.model_dir:
+        shutil.rmtree(tmp.name, ignore_errors=True)
+
+
+def _same(ids: tuple, reference: tuple) -> str:
+    if ids == reference:
+        return f"yes ({len(set(reference))} distinct ids)"
+    first = next((i for i, (a, b) in enumerate(zip(ids, reference, strict=False)) if a != b),
+                 min(len(ids), len(reference)))  # fmt: skip
+    return f"no: from token {first}"
+
+
+def verdict(report: Report, rates: dict, ceiling: float) -> None:
+    card = rates.get("card (model card snippet)")
+    best = rates.get("engine compiled")
+    if best is None:
+        report.line("targets: compiled path did not run")
+        report.line()
+        return
+    share = best / ceiling
+    report.line(f"targets: compiled decode {best:.0f} tok/s = {100 * share:.0f}% of the ceiling "
+                f"(>= 50%: {'met' if share >= 0.5 else 'MISSED'})"
+                + (f"; {best / card:.1f}x the card snippet (>= 5x: "
+                   f"{'met' if best >= 5 * card else 'MISSED'})" if card else ""))  # fmt: skip
+    report.line()
+
+
+class ForwardCounter:
+    """Counts a module's forward calls (eager paths only: a hook inside a compiled graph would
+    change what is measured)."""
+
+    def __init__(self, module):
+        self.count = 0
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *args) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def many(report, args, clock, eager, model, card_processor, image, n, peaks) -> None:
+    """Four questions on one frame, n tokens each: card x4, answer_many (sequential
+    continuation of the shared prefix), the batched continuation; token equality with the
+    card's."""
+    from spatialthinker_ros.core import prefix_cache
+    from spatialthinker_ros.core.engine import SpatialThinkerEngine
+    from spatialthinker_ros.core.prompt import question_text
+
+    engine = SpatialThinkerEngine(dataclasses.replace(eager.config, max_new_tokens=n),
+                                  eager.backend)  # fmt: skip
+    prompts = [engine.prompt_for(engine.prepare_image(image), q, c) for q, c in QUESTIONS]
+
+    def card_x4():
+        return [card_snippet(model, card_processor, image, question_text(q, c), n,
+                             force_length=False) for q, c in QUESTIONS]  # fmt: skip
+
+    def answer_many():
+        return [list(r.generated_token_ids) for r in engine.answer_many(image, QUESTIONS)]
+
+    def batched():
         outputs = prefix_cache.generate_many(
-            model, engine.backend.processor, image, prompts, batched=True,
-            max_new_tokens=n, min_new_tokens=n)  # fmt: skip
+            model, eager.backend.processor, image, prompts, batched=True,
+            max_new_tokens=n)  # fmt: skip
         return [list(o.token_ids) for o in outputs]
 
-    many = {"card x4": card_x4, "engine.answer_many": answer_many, "prefix_cache batched": batched}
-    many_rows, card4, card_ids = [], None, None
-    for name, call in many.items():
-        with clock.peak(peaks, name):
-            ids = call()
-            stats = Stats(tuple(clock.time(call) for _ in range(args.repeats)))
-        card4 = card4 if card4 is not None else stats
-        card_ids = card_ids if card_ids is not None else ids
-        same = sum(a == b for a, b in zip(ids, card_ids, strict=True))
-        many_rows.append([name, f"{stats.min:.3f}", f"{stats.median:.3f}",
-                          f"{stats.min / card4.min:.2f}", f"{same}/{len(ids)}",
-                          peaks.get(name, "-")])  # fmt: skip
-    distinct = len({t for row in card_ids for t in row})
+    rows, card_time, card_ids = [], None, None
+    with no_end_token(model):
+        for name, call in (("card x4", card_x4), ("engine.answer_many", answer_many),
+                           ("prefix_cache batched", batched)):
+            with clock.peak(peaks, name):
+                _, ids = clock.time(call)
+                samples = tuple(clock.time(call)[0] for _ in range(args.repeats))
+            stats = Stats(samples)
+            card_time = card_time or stats.min
+            card_ids = card_ids if card_ids is not None else ids
+            same = sum(a == b for a, b in zip(ids, card_ids, strict=True))
+            rows.append([name, f"{stats.min:.3f}", f"{stats.median:.3f}",
+                         f"{stats.min / card_time:.2f}", f"{same}/{len(ids)}",
+                         peaks.get(name, "-")])  # fmt: skip
+    report.line(f"## 4 questions on one frame, {n} tokens each (eager)")
+    report.table("four_questions", ["path", "min s", "median s", "vs card", "same ids as card",
+                                    "peak GiB"], rows)  # fmt: skip
 
-    print(f"# gpu  {time.strftime('%Y-%m-%d %H:%M')}  {machine_line()}")
-    print(
-        f"model: Qwen2.5-VL-3B architecture{' (SMOKE: tiny config)' if args.cpu_smoke else ''}, "
-        f"random weights, {n_params / 1e9:.3f} B params, {dtype_name}, {device}, sdpa; image "
-        f"644x476; N = {args.out_len}; scene graph = {scene_tokens} tokens (proxy); "
-        f"{args.repeats} repeats; model built/written in {build_s:.0f} s"
-    )
-    print_table(["path", "first token ms (min / median)", "scene graph s (min / median)",
-                 f"{args.out_len} tokens s (min)", "decode tok/s", "peak GiB (all / added)"],
-                rows)  # fmt: skip
-    print()
-    print(f"4 questions on one frame, {n} tokens each")
-    print_table(["path", "min s", "median s", "vs card (min)", "same tokens as card",
-                 "peak GiB (all / added)"], many_rows)  # fmt: skip
-    print(f"(the card's 4 outputs hold {distinct} distinct token ids: with 1 or 2, random weights "
-          "just repeat a token and the token check says little)")
-    if not cuda:
-        print("(CPU smoke run: the figures say nothing about a GPU; peak memory is CUDA-only)")
-    shutil.rmtree(tmp.name, ignore_errors=True)
-    return 0
+
+def preprocessing(report, args, clock, eager, cuda: bool) -> None:
+    """CPU wall time of backend.encode per frame (image processor on the GPU under CUDA, and
+    the token cache), against the processor on the CPU; and how far the GPU's pixels are from
+    the CPU's."""
+    from spatialthinker_ros.core.prompt import build_prompt
+
+    backend = eager.backend
+    repeats = 5 if args.cpu_smoke else 30
+    rows = []
+    for width, height in ((640, 480), (1920, 1080)):
+        prepared = eager.prepare_image(noise_rgb(width, height, seed=3))
+        prompt = build_prompt(QUESTION[0], *prepared.model_size, QUESTION[1])
+
+        def engine_path(frame=prepared.image, prompt=prompt):
+            return backend.encode(frame, prompt)
+
+        def cpu_processor(frame=prepared.image, prompt=prompt):
+            return backend.processor(text=[backend._chat_text(frame, prompt)], images=[frame],
+                                     return_tensors="pt")  # fmt: skip
+
+        results = {}
+        for name, call in (("engine encode (GPU pixels + token cache)" if cuda else
+                            "engine encode (token cache)", engine_path),
+                           ("card processor on the CPU", cpu_processor)):  # fmt: skip
+            call()
+            samples = tuple(clock.time(call)[0] for _ in range(repeats))
+            results[name] = call()
+            stats = Stats(samples)
+            rows.append([f"{width}x{height}", name, f"{stats.min * 1e3:.2f}",
+                         f"{stats.median * 1e3:.2f}"])  # fmt: skip
+        ours, card = results.values()
+        diff = (ours["pixel_values"].float().cpu() - card["pixel_values"].float()).abs().max()
+        same_ids = ours["input_ids"].cpu().tolist() == card["input_ids"].tolist()
+        rows.append([f"{width}x{height}", "max abs pixel difference; ids equal",
+                     f"{float(diff):.4f}", str(same_ids)])  # fmt: skip
+    report.line("## Preprocessing per frame (wall ms, synchronised)")
+    report.table("preprocessing", ["frame", "path", "min ms", "median ms"], rows)
 
 
 if __name__ == "__main__":

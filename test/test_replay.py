@@ -387,3 +387,20 @@ def test_ctrl_c_closes_the_output_bag(fitted_model_dir, tmp_path):
     assert 2 <= answered < 40
     text = jsonl.read_text()  # JSONL lines are written whole: every line is valid JSON
     assert text.endswith("\n") and len([json.loads(line) for line in text.splitlines()]) >= 2
+
+
+@pytest.mark.parametrize("questions", [("Where is the cube?",), ("Where?", "Which is bigger?")])
+def test_stop_after_scene_graph(engine, tmp_path, questions):
+    """One question (answer) or several (answer_many): answers end with the scene graph."""
+    bag = write_sample_bag(tmp_path / "in", frames=1)
+    s = replay(engine, bag, tmp_path / "out", questions=questions, stop_after="scene_graph",
+               jsonl=tmp_path / "r.jsonl")
+    assert s.frames_answered == 1
+    answers = [m for _, m in read_bag(tmp_path / "out")["/spatialthinker/answer"]]
+    assert len(answers) == len(questions)
+    for answer in answers:
+        assert answer.status == 0 and answer.option == ""  # OK, no answer
+        assert answer.raw_output.rstrip().endswith("</scene>")
+        assert [o.id for o in answer.scene_graph.objects] == ["cube.1", "ball.1"]
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert all(r["stop_after"] == "scene_graph" for r in records)
