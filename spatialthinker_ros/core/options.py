@@ -156,7 +156,7 @@ class EngineConfig:
         "auto",
         "Static KV cache and a torch.compile'd decode step (CUDA graphs on a GPU), compiled "
         "while the model loads (about a minute on a GPU): auto (on with CUDA, off on the CPU), "
-        "on (a failed compile fails the load) or off; --compile alone = on",
+        "on (a failed compile fails the load) or off",
         choices=("auto", "on", "off"),
         cli_const="on",
     )
