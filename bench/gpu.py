@@ -671,6 +671,7 @@ def preprocessing(report, args, clock, eager, cuda: bool) -> None:
     from spatialthinker_ros.core.prompt import build_prompt
 
     backend = eager.backend
+    backend.config = dataclasses.replace(backend.config, gpu_preprocess=True)  # the opt-in path
     repeats = 5 if args.cpu_smoke else 30
     rows = []
     for width, height in ((640, 480), (1920, 1080)):

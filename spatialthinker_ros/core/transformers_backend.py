@@ -247,9 +247,12 @@ class TransformersBackend:
     # ------------------------------------------------------------------ inputs
 
     def _preprocess_device_kwargs(self) -> dict:
-        """The image processor resizes and normalises on the model's GPU (no CPU work and no
-        pixel transfer beyond the uint8 frame); on the CPU it runs as the card's does."""
-        return {"device": self.device} if self.device.startswith("cuda") else {}
+        """With `gpu_preprocess` on CUDA the image processor resizes and normalises on the
+        model's GPU (no CPU work, no float pixel transfer); otherwise it runs as the card's does
+        (bench/gpu.py: the GPU's pixels differ from the CPU's by up to 0.3 after normalising,
+        which changed greedy tokens from the first one)."""
+        on_gpu = self.config.gpu_preprocess and self.device.startswith("cuda")
+        return {"device": self.device} if on_gpu else {}
 
     def encode(self, image: Image.Image, prompt: str):
         """The model inputs for (image, prompt) on the model's device: the same tensors the
