@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -114,37 +113,17 @@ def fixed_delay(args, work: Path) -> None:
     print_table(headers, rows)
 
 
-def transformers_serve(args, work: Path) -> None:
-    import httpx
-
+def served_throughput(args, work: Path) -> None:
     from spatialthinker_ros.testing import benchmark_files as bf
-    from spatialthinker_ros.testing.ports import free_port
+    from spatialthinker_ros.testing.serve import transformers_serve
     from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
 
     cache = Path(os.environ.get("SPATIALTHINKER_TEST_MODELS", REPO_ROOT / "build" / "test-models"))
     model = cached_tiny_model(cache, fit_text=EXAMPLE_OUTPUT)
     bench = bf.write_jsonl(work / "served" / "bench.jsonl", ["A", "B"] * (args.served_items // 2))
-    port = free_port()
-    serve = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen(
-        [str(serve), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
     rows, baseline = [], None
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise SystemExit("transformers serve did not come up within 180 s")
-        engine = remote_engine(f"{url}/v1", str(model), timeout_s=900)
+    with transformers_serve(model) as base_url:
+        engine = remote_engine(base_url, str(model), timeout_s=900)
         try:
             run_eval(engine, bench, work / "warmup.jsonl", 1, limit=1)  # first-request costs
             for n in args.served_concurrency:
@@ -164,9 +143,6 @@ def transformers_serve(args, work: Path) -> None:
                 )
         finally:
             engine.unload()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     print(f"\n### `transformers serve`, fitted tiny model, {args.served_items} items\n")
     headers = ["N", "items", "wall s", "items/s", "p50 latency s", "tokens", "accuracy", "= N=1"]
     print_table(headers, rows)
@@ -188,7 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         fixed_delay(args, Path(tmp))
         if not args.no_serve:
-            transformers_serve(args, Path(tmp))
+            served_throughput(args, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,12 @@ outside the source tree, so a checkout inside a colcon workspace's src/ stays un
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from hypothesis import settings
 
-from spatialthinker_ros.testing.ports import free_port
-from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS  # noqa: F401 (re-export)
+from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
 
 # Fuzz tests run the same cases every time (CI must be repeatable); HYPOTHESIS_PROFILE=explore
 # draws new ones locally.
@@ -81,34 +76,27 @@ def fitted_model_dir() -> Path:
     return cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)
 
 
-SERVE = Path(sys.executable).with_name("transformers")
+@pytest.fixture(scope="session")
+def fitted_engine(fitted_model_dir):
+    """The real engine on the fitted tiny model (CPU, images fed at most 644x476), loaded once."""
+    from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
+
+    engine = SpatialThinkerEngine(
+        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
+    )
+    engine.load()
+    return engine
 
 
 @pytest.fixture(scope="session")
 def served_model(fitted_model_dir):
-    """`transformers serve` (transformers' serving extra) on 127.0.0.1, stopped after the tests."""
-    if not SERVE.exists():
-        pytest.skip("transformers[serving] is not installed (pip install -e .[test])")
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [str(SERVE), "serve", str(fitted_model_dir), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """`transformers serve` on 127.0.0.1 serving the fitted model: (base URL, model name)."""
+    from spatialthinker_ros.testing.serve import ServeUnavailable, transformers_serve
+
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("transformers serve did not come up within 120 s")
-        yield f"{url}/v1", str(fitted_model_dir)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        with transformers_serve(fitted_model_dir, start_timeout_s=120.0) as base_url:
+            yield base_url, str(fitted_model_dir)
+    except ServeUnavailable as exc:
+        if "not installed" in str(exc):
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))

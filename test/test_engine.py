@@ -15,7 +15,7 @@ from spatialthinker_ros.core.engine import (
 )
 from spatialthinker_ros.core.prompt import build_prompt
 from spatialthinker_ros.core.scene import ParseStatus
-from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
+from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT
 
 # Boxes of EXAMPLE_OUTPUT, in the frame of the size stated in the prompt.
 CUBE = (64, 120, 256, 360)
@@ -25,15 +25,6 @@ BALL = (384, 180, 576, 420)
 def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="module")
-def fitted_engine(fitted_model_dir):
-    engine = SpatialThinkerEngine(
-        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
-    )
-    engine.load()
-    return engine
 
 
 @pytest.fixture(scope="module")

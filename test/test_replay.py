@@ -16,7 +16,6 @@ from PIL import Image
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from spatialthinker_ros.bag_types import interface_dir, make_typestore, new_message
-from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
 from spatialthinker_ros.replay import ReplayConfig, ReplayError, run_replay
 from spatialthinker_ros.sample_bag import (
     CAMERA_INFO_TOPIC,
@@ -37,16 +36,7 @@ OUT_TOPICS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(fitted_model_dir):
-    e = SpatialThinkerEngine(
-        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
-    )
-    e.load()
-    return e
-
-
-def replay(engine, in_bag: Path, out: Path, **overrides):
+def replay(fitted_engine, in_bag: Path, out: Path, **overrides):
     settings = {
         "in_bag": in_bag,
         "out_bag": out,
@@ -57,7 +47,7 @@ def replay(engine, in_bag: Path, out: Path, **overrides):
         "camera_info_topic": CAMERA_INFO_TOPIC,
         "progress": False,
     }
-    return run_replay(ReplayConfig(**{**settings, **overrides}), engine)
+    return run_replay(ReplayConfig(**{**settings, **overrides}), fitted_engine)
 
 
 def read_bag(path: Path) -> dict[str, list]:
@@ -70,9 +60,9 @@ def read_bag(path: Path) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_round_trip(engine, tmp_path, storage):
+def test_round_trip(fitted_engine, tmp_path, storage):
     bag = write_sample_bag(tmp_path / "in", frames=3, storage=storage)
-    summary = replay(engine, bag, tmp_path / "out", jsonl=tmp_path / "r.jsonl")
+    summary = replay(fitted_engine, bag, tmp_path / "out", jsonl=tmp_path / "r.jsonl")
     assert (summary.frames_answered, summary.images_seen, summary.stopped_early) == (3, 3, "")
     assert summary.positions == 6
     assert any(
@@ -108,12 +98,12 @@ def test_round_trip(engine, tmp_path, storage):
     assert records[0]["scene_graph"]["objects"][0]["position"][2] == pytest.approx(1.5)
 
 
-def test_output_reads_with_the_independent_mcap_reader(engine, tmp_path):
+def test_output_reads_with_the_independent_mcap_reader(fitted_engine, tmp_path):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
     bag = write_sample_bag(tmp_path / "in", frames=2)
-    replay(engine, bag, tmp_path / "out")
+    replay(fitted_engine, bag, tmp_path / "out")
     (mcap_file,) = (tmp_path / "out").glob("*.mcap")
     seen: dict[str, list] = {}
     schemas = {}
@@ -135,16 +125,16 @@ def test_output_reads_with_the_independent_mcap_reader(engine, tmp_path):
         assert all(line.split("#")[0].strip() in schema for line in body)
 
 
-def test_every_and_max_frames(engine, tmp_path):
+def test_every_and_max_frames(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=5)
-    s = replay(engine, bag, tmp_path / "a", every=2)
+    s = replay(fitted_engine, bag, tmp_path / "a", every=2)
     assert (s.frames_answered, s.images_seen) == (3, 5)
-    s = replay(engine, bag, tmp_path / "b", max_frames=2)
+    s = replay(fitted_engine, bag, tmp_path / "b", max_frames=2)
     assert s.frames_answered == 2
     assert len(read_bag(tmp_path / "b")["/spatialthinker/answer"]) == 2
 
 
-def test_missing_topic_lists_the_topics(engine, tmp_path):
+def test_missing_topic_lists_the_topics(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=1)
     config = ReplayConfig(
         in_bag=bag, out_bag=tmp_path / "out", image_topic="/nope", questions=("q?",), progress=False
@@ -152,7 +142,7 @@ def test_missing_topic_lists_the_topics(engine, tmp_path):
     with pytest.raises(
         ReplayError, match="/nope is not in .*/camera/image_raw .sensor_msgs/msg/Image"
     ):
-        run_replay(config, engine)
+        run_replay(config, fitted_engine)
 
 
 def _bag_with_images(path: Path, images: list[tuple[str, object]]) -> Path:
@@ -192,7 +182,7 @@ def _bag_with_images(path: Path, images: list[tuple[str, object]]) -> Path:
     return path
 
 
-def test_unsupported_encoding_is_skipped_and_counted(engine, tmp_path):
+def test_unsupported_encoding_is_skipped_and_counted(fitted_engine, tmp_path):
     rgb = render_frame(0).rgb
     bag = _bag_with_images(
         tmp_path / "in", [("rgb8", rgb), ("yuv422_weird", rgb), ("bgr8", rgb[..., ::-1].copy())]
@@ -205,13 +195,13 @@ def test_unsupported_encoding_is_skipped_and_counted(engine, tmp_path):
             questions=("q?",),
             progress=False,
         ),
-        engine,
+        fitted_engine,
     )
     assert (s.frames_answered, s.skipped_bad_image) == (2, 1)
     assert any("yuv422_weird" in w for w in s.warnings)
 
 
-def test_compressed_images(engine, tmp_path):
+def test_compressed_images(fitted_engine, tmp_path):
     buf = io.BytesIO()
     Image.fromarray(render_frame(0).rgb).save(buf, format="JPEG")
     bag = _bag_with_images(tmp_path / "in", [("jpeg", buf.getvalue())])
@@ -223,33 +213,33 @@ def test_compressed_images(engine, tmp_path):
             questions=("q?",),
             progress=False,
         ),
-        engine,
+        fitted_engine,
     )
     assert s.frames_answered == 1
     out = read_bag(tmp_path / "out")
     assert out["/spatialthinker/scene_graph"][0][1].image_width == 640
 
 
-def test_truncated_mcap_keeps_what_was_written(engine, tmp_path):
+def test_truncated_mcap_keeps_what_was_written(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=5)
     (mcap_file,) = bag.glob("*.mcap")
     data = mcap_file.read_bytes()
     mcap_file.write_bytes(data[: int(len(data) * 0.6)])
-    s = replay(engine, bag, tmp_path / "out")
+    s = replay(fitted_engine, bag, tmp_path / "out")
     assert s.stopped_early, "a truncated bag must be reported"
     assert 1 <= s.frames_answered < 5
     out = read_bag(tmp_path / "out")  # the output bag is closed and valid
     assert len(out["/spatialthinker/answer"]) == s.frames_answered
 
 
-def test_corrupt_sqlite_bag_is_reported(engine, tmp_path):
+def test_corrupt_sqlite_bag_is_reported(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=3, storage="sqlite3")
     (db,) = bag.glob("*.db3")
     data = bytearray(db.read_bytes())
     data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)
     db.write_bytes(bytes(data))
     try:
-        s = replay(engine, bag, tmp_path / "out")
+        s = replay(fitted_engine, bag, tmp_path / "out")
     except ReplayError as exc:  # corrupt before any message: a clear error
         assert "cannot open bag" in str(exc) or "corrupt" in str(exc).lower()
     else:
@@ -320,11 +310,11 @@ def test_cli_replay_and_sample_bag(fitted_model_dir, tmp_path):
     assert "Traceback" not in missing.stderr
 
 
-def test_several_questions_share_the_frame(engine, tmp_path):
+def test_several_questions_share_the_frame(fitted_engine, tmp_path):
     """Two questions per frame go through answer_many: one answer and graph per question."""
     bag = write_sample_bag(tmp_path / "in", frames=2)
     s = replay(
-        engine,
+        fitted_engine,
         bag,
         tmp_path / "out",
         questions=("Where is the cube?", "Which is bigger?"),
@@ -390,10 +380,10 @@ def test_ctrl_c_closes_the_output_bag(fitted_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("questions", [("Where is the cube?",), ("Where?", "Which is bigger?")])
-def test_stop_after_scene_graph(engine, tmp_path, questions):
+def test_stop_after_scene_graph(fitted_engine, tmp_path, questions):
     """One question (answer) or several (answer_many): answers end with the scene graph."""
     bag = write_sample_bag(tmp_path / "in", frames=1)
-    s = replay(engine, bag, tmp_path / "out", questions=questions, stop_after="scene_graph",
+    s = replay(fitted_engine, bag, tmp_path / "out", questions=questions, stop_after="scene_graph",
                jsonl=tmp_path / "r.jsonl")
     assert s.frames_answered == 1
     answers = [m for _, m in read_bag(tmp_path / "out")["/spatialthinker/answer"]]

@@ -17,7 +17,6 @@ from PIL import Image
 from rosbags.rosbag2 import Reader
 
 from spatialthinker_ros.bag_types import make_typestore
-from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
 from spatialthinker_ros.replay import ReplayConfig, run_replay
 from spatialthinker_ros.sample_bag import IMAGE_TOPIC, write_sample_bag
 from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
@@ -29,16 +28,7 @@ REAL_TOPIC = "/camera/image_raw"  # sensor_msgs/Image (so spelled), rgb8 640x480
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="module")
-def engine(fitted_model_dir):
-    e = SpatialThinkerEngine(
-        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
-    )
-    e.load()
-    return e
-
-
-def replay(engine, in_bag: Path, out: Path, topic: str = IMAGE_TOPIC, **overrides):
+def replay(fitted_engine, in_bag: Path, out: Path, topic: str = IMAGE_TOPIC, **overrides):
     config = ReplayConfig(
         in_bag=in_bag,
         out_bag=out,
@@ -48,7 +38,7 @@ def replay(engine, in_bag: Path, out: Path, topic: str = IMAGE_TOPIC, **override
         progress=False,
         **overrides,
     )
-    return run_replay(config, engine)
+    return run_replay(config, fitted_engine)
 
 
 def read_bag(path: Path) -> dict[str, list]:
@@ -80,10 +70,10 @@ def real_bag_copy(tmp: Path, layout: str) -> Path:
 
 # --- bags from real recorders ------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["dir", "no-metadata", "file"])
-def test_real_recorder_bag_replays(engine, tmp_path, layout):
+def test_real_recorder_bag_replays(fitted_engine, tmp_path, layout):
     """libmcap's bag: `sensor_msgs/Image`, per-message zstd, metadata version 5."""
     bag = real_bag_copy(tmp_path, layout)
-    s = replay(engine, bag, tmp_path / "out", topic=REAL_TOPIC, jsonl=tmp_path / "r.jsonl")
+    s = replay(fitted_engine, bag, tmp_path / "out", topic=REAL_TOPIC, jsonl=tmp_path / "r.jsonl")
     assert (s.images_seen, s.frames_answered, s.stopped_early) == (2, 2, "")
     out = read_bag(tmp_path / "out")
     assert storage_of(tmp_path / "out") == "mcap"
@@ -115,31 +105,33 @@ def test_real_recorder_bag_replays(engine, tmp_path, layout):
         ("mcap", "file", "no-metadata"),
     ],
 )
-def test_output_storage_follows_the_input(engine, tmp_path, storage, compression, layout):
+def test_output_storage_follows_the_input(fitted_engine, tmp_path, storage, compression, layout):
     bag = write_sample_bag(tmp_path / "in", frames=1, storage=storage, compression=compression)
     if layout != "dir":
         (bag / "metadata.yaml").unlink()
     if layout == "file":
         (bag,) = bag.iterdir()
-    s = replay(engine, bag, tmp_path / "out")
+    s = replay(fitted_engine, bag, tmp_path / "out")
     assert (s.frames_answered, s.stopped_early) == (1, "")
     assert storage_of(tmp_path / "out") == storage
     answer = read_bag(tmp_path / "out")["/spatialthinker/answer"][0][2]
     assert (answer.option, answer.status) == ("A", 0)
     other = "sqlite3" if storage == "mcap" else "mcap"
-    s = replay(engine, bag, tmp_path / "forced", storage=other)
+    s = replay(fitted_engine, bag, tmp_path / "forced", storage=other)
     assert s.frames_answered == 1 and storage_of(tmp_path / "forced") == other
 
 
 @pytest.mark.parametrize("compression", ["storage", "message"])
-def test_cut_short_zstd_mcap_answers_the_frames_before_the_cut(engine, tmp_path, compression):
+def test_cut_short_zstd_mcap_answers_the_frames_before_the_cut(
+    fitted_engine, tmp_path, compression
+):
     """zstd per chunk or per message, recorder killed at 60 %: uncompressed this kept 4 frames
     and compressed 0; now the frames whose messages precede the cut are answered."""
     bag = write_sample_bag(tmp_path / "in", frames=5, compression=compression)
     (mcap_file,) = bag.glob("*.mcap")
     data = mcap_file.read_bytes()
     mcap_file.write_bytes(data[: int(len(data) * 0.6)])
-    s = replay(engine, bag, tmp_path / "out")
+    s = replay(fitted_engine, bag, tmp_path / "out")
     assert "cut short" in s.stopped_early
     assert 1 <= s.frames_answered < 5 and s.frames_answered == s.images_seen
     out = read_bag(tmp_path / "out")

@@ -13,7 +13,6 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 from spatialthinker_ros.bag_types import make_typestore
-from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
 from spatialthinker_ros.replay import ReplayConfig, ReplayError, run_replay
 from spatialthinker_ros.replay_config import (
     CameraTopics,
@@ -22,21 +21,11 @@ from spatialthinker_ros.replay_config import (
     name_cameras,
 )
 from spatialthinker_ros.sample_bag import sample_camera, write_sample_bag
-from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 CAM1, CAM2 = sample_camera(0), sample_camera(1)
 OUTPUT_KINDS = ("scene_graph", "answer", "markers", "debug_image")
-
-
-@pytest.fixture(scope="module")
-def engine(fitted_model_dir):
-    e = SpatialThinkerEngine(
-        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
-    )
-    e.load()
-    return e
 
 
 def read_bag(path: Path) -> dict[str, list]:
@@ -59,7 +48,7 @@ def two_cameras(**names: str) -> tuple[CameraTopics, ...]:
     )
 
 
-def test_two_cameras_answer_on_their_own_topics_with_their_own_depth(engine, tmp_path):
+def test_two_cameras_answer_on_their_own_topics_with_their_own_depth(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=2, cameras=2)
     config = ReplayConfig(
         in_bag=bag,
@@ -72,7 +61,7 @@ def test_two_cameras_answer_on_their_own_topics_with_their_own_depth(engine, tmp
         progress=False,
     )
     assert [c.name for c in config.cameras] == ["camera", "camera2"]  # the topics' namespaces
-    s = run_replay(config, engine)
+    s = run_replay(config, fitted_engine)
     assert (s.images_seen, s.frames_answered, s.stopped_early) == (4, 4, "")
     assert s.answered_by_camera == {"camera": 2, "camera2": 2}
     assert s.positions == 8
@@ -111,7 +100,7 @@ def test_two_cameras_answer_on_their_own_topics_with_their_own_depth(engine, tmp
     ] * 2
 
 
-def test_a_named_single_camera_and_explicit_names(engine, tmp_path):
+def test_a_named_single_camera_and_explicit_names(fitted_engine, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=1, cameras=2)
     config = ReplayConfig(
         in_bag=bag,
@@ -120,7 +109,7 @@ def test_a_named_single_camera_and_explicit_names(engine, tmp_path):
         questions=("Where is the cube?", "Which is bigger?"),
         progress=False,
     )
-    s = run_replay(config, engine)
+    s = run_replay(config, fitted_engine)
     assert s.answered_by_camera == {"arm/wrist": 1, "head": 1}
     out = read_bag(tmp_path / "out")
     wrist = [m for _, m in out["/spatialthinker/arm/wrist/answer"]]
@@ -133,7 +122,7 @@ def test_a_named_single_camera_and_explicit_names(engine, tmp_path):
         in_bag=bag, out_bag=tmp_path / "one", cameras=camera_topics([f"front={CAM2.image_topic}"]),
         questions=("q?",), progress=False,
     )
-    run_replay(config, engine)
+    run_replay(config, fitted_engine)
     assert "/spatialthinker/front/answer" in read_bag(tmp_path / "one")
 
 

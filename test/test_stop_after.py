@@ -99,12 +99,8 @@ def test_parse_until_scene_statuses():
 
 
 @pytest.fixture(scope="module")
-def fitted(fitted_model_dir):
-    engine = SpatialThinkerEngine(
-        EngineConfig(model=str(fitted_model_dir), device="cpu", max_pixels=FITTED_MAX_PIXELS)
-    )
-    engine.load()
-    return engine
+def fitted(fitted_engine):
+    return fitted_engine
 
 
 @pytest.fixture(scope="module")

@@ -181,3 +181,33 @@ def ros_netns() -> None:
     if reason is not None:
         pytest.skip(reason)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+@pytest.fixture(scope="module")
+def ros(ros_interfaces) -> None:
+    """Built interfaces and the loopback-only namespace guard, for module-scoped nodes."""
+    reason = loopback_only_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+@pytest.fixture()
+def make_harness(ros, fitted_model_dir):
+    """make(engine_factory=None, start=True, model_dir=None, **params): a live node (real rclpy,
+    the fitted tiny model unless `model_dir`) with a client node (test_node.Harness); closed
+    after the test."""
+    from test_node import Harness
+
+    made = []
+
+    def make(engine_factory=None, start: bool = True, model_dir=None, **params):
+        harness = Harness(model_dir or fitted_model_dir, engine_factory, **params)
+        made.append(harness)
+        if start:
+            harness.start()
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()

@@ -23,7 +23,6 @@ from test_node import (  # noqa: E402
     GatedEngine,
     Harness,
     expected_box,
-    loopback_only_reason,
     wait_future,
     wait_until,
 )
@@ -41,34 +40,12 @@ FX = 500.0
 
 
 @pytest.fixture(scope="module")
-def ros(ros_interfaces):
-    reason = loopback_only_reason()
-    if reason is not None:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
 def served(ros, fitted_model_dir) -> Iterator[Harness]:
     """One active node with depth, shared by the tests that leave it as they found it."""
     harness = Harness(fitted_model_dir, use_depth=True)
     harness.start()
     yield harness
     harness.close()
-
-
-@pytest.fixture()
-def make_harness(ros, fitted_model_dir):
-    made: list[Harness] = []
-
-    def make(engine_factory=None, **params: Any) -> Harness:
-        harness = Harness(fitted_model_dir, engine_factory, **params)
-        made.append(harness)
-        harness.start()
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
 
 
 @pytest.fixture()

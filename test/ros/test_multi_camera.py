@@ -37,7 +37,6 @@ from test_node import (  # noqa: E402
     WAIT_S,
     GatedEngine,
     Harness,
-    ros,  # noqa: F401 - the module-scoped guard fixture
     wait_future,
     wait_until,
 )

@@ -9,7 +9,6 @@ boundary (`GatedEngine`), never a fake.
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import threading
 import time
@@ -292,38 +291,12 @@ def loopback_only_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def ros(ros_interfaces):
-    """Built interfaces and the loopback-only namespace guard, for module-scoped nodes."""
-    reason = loopback_only_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-
-
-@pytest.fixture(scope="module")
 def served(ros, fitted_model_dir):
     """One configured, active node on the fitted model, shared by the read-only tests."""
     harness = Harness(fitted_model_dir)
     harness.start()
     yield harness
     harness.close()
-
-
-@pytest.fixture()
-def make_harness(ros, fitted_model_dir):
-    made: list[Harness] = []
-
-    def make(engine_factory=None, start: bool = True, model_dir: Path | None = None,
-             **params: Any) -> Harness:
-        harness = Harness(model_dir or fitted_model_dir, engine_factory, **params)
-        made.append(harness)
-        if start:
-            harness.start()
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
 
 
 def expected_box(box: list[float]) -> Box:

@@ -23,21 +23,11 @@ from test_node import (  # noqa: E402
     QUESTION,
     WAIT_S,
     GatedEngine,
-    Harness,
-    loopback_only_reason,
     wait_future,
     wait_until,
 )
 
 from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ros(ros_interfaces):
-    """Built interfaces; rclpy only inside a loopback-only network namespace."""
-    reason = loopback_only_reason()
-    if reason is not None:
-        pytest.skip(reason)
 
 
 class FaultyEngine:
@@ -90,22 +80,6 @@ class FaultyEngine:
 
         return self.inner.answer(image, question, choices, on_text=faulty, should_stop=should_stop,
                                  **callbacks)
-
-
-@pytest.fixture()
-def make_harness(ros, fitted_model_dir):
-    made: list[Harness] = []
-
-    def make(engine_factory=None, start: bool = True, **params: Any) -> Harness:
-        harness = Harness(fitted_model_dir, engine_factory, **params)
-        made.append(harness)
-        if start:
-            harness.start()
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
 
 
 def test_inference_faults_are_answered_and_the_node_keeps_serving(make_harness) -> None:

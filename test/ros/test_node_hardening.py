@@ -20,36 +20,12 @@ from std_msgs.msg import String  # noqa: E402
 from test_node import (  # noqa: E402
     CHOICES,
     QUESTION,
-    Harness,
-    loopback_only_reason,
     wait_until,
 )
 
 from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine  # noqa: E402
 from spatialthinker_ros.core.status import AnswerStatus  # noqa: E402
 from spatialthinker_ros.core.transformers_backend import TransformersBackend  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ros(ros_interfaces):
-    reason = loopback_only_reason()
-    if reason is not None:
-        pytest.skip(reason)
-
-
-@pytest.fixture()
-def make_harness(ros, fitted_model_dir):
-    made: list[Harness] = []
-
-    def make(engine_factory=None, **params) -> Harness:
-        harness = Harness(fitted_model_dir, engine_factory, **params)
-        made.append(harness)
-        harness.start()
-        return harness
-
-    yield make
-    for harness in made:
-        harness.close()
 
 
 class RewritingBackend(TransformersBackend):

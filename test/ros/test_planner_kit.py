@@ -34,9 +34,9 @@ from spatialthinker_ros.tool_schema import run_tool_call, tool_schema  # noqa: E
 ROOT = Path(__file__).resolve().parents[2]
 needs_py_trees = pytest.mark.skipif(py_trees is None, reason="py-trees is not installed "
                                     "(pip install 'spatialthinker_ros[planner]')")
-# test_client's fixtures (a node with depth, fresh nodes, a client on the harness's node).
-ros, served, make_harness, client = (test_client.ros, test_client.served,
-                                     test_client.make_harness, test_client.client)
+# test_client's fixtures (a node with depth, a client on the harness's node); ros and
+# make_harness come from conftest.py.
+served, client = test_client.served, test_client.client
 
 
 @pytest.fixture()
