@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$(cd "${1:-$ROOT/.venv}" && pwd)
 WS=${2:-$ROOT/build/colcon_ws}
-TESTS=${COLCON_TESTS:-^(test_interfaces|test_conversions|test_launch)$}
+TESTS=${COLCON_TESTS:-^(test_interfaces|test_outputs|test_launch)$}
 PY=$VENV/bin/python
 "$PY" -c "import colcon_core, colcon_ros, colcon_cmake" 2>/dev/null || {
   echo "colcon_check: colcon is not installed in $VENV (pip install -r requirements-ros.txt)" >&2

@@ -16,7 +16,7 @@ VENV=$(cd "${1:-$ROOT/.venv}" && pwd)
 JAZZY=${JAZZY_DIR:-$ROOT/build/jazzy}
 JVENV=$JAZZY/venv
 # The node tests (the load, fault and remote-backend ones run on Kilted only, to keep CI short).
-read -ra TESTS <<<"${JAZZY_TESTS:-test/ros/test_interfaces.py test/ros/test_conversions.py \
+read -ra TESTS <<<"${JAZZY_TESTS:-test/ros/test_interfaces.py test/ros/test_outputs.py \
 test/ros/test_launch.py test/ros/test_cmake.py test/ros/test_node.py}"
 start=$(date +%s)
 
