@@ -73,6 +73,27 @@ def output_file_problem(path: Path) -> str | None:
     return None
 
 
+# An image file larger than this is refused unread (a 33 Mpx uncompressed BMP is ~133 MB);
+# it also bounds reading a device or pipe that never ends (/dev/zero).
+MAX_IMAGE_FILE_BYTES = 256 * 2**20
+
+
+def read_image_file(path: Path, limit: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """The bytes of an image file; OSError past `limit` bytes."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"larger than {limit // 2**20} MiB")
+    return data
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def ask_main(args: argparse.Namespace) -> int:
     from PIL import Image
 
@@ -84,13 +105,17 @@ def ask_main(args: argparse.Namespace) -> int:
         problem = output_file_problem(args.annotate)
         if problem is None and args.annotate.suffix.lower() not in Image.registered_extensions():
             problem = f"{args.annotate}: unknown image file extension (use .png or .jpg)"
+        if problem is None and _same_file(args.annotate, args.image):
+            problem = f"{args.annotate} is the input image (it would be overwritten)"
         if problem is not None:
             return fail(f"--annotate: {problem}")
+    engine = SpatialThinkerEngine(config)
+    engine.check_question(args.question, args.choices or ())  # before the model loads
+    engine.check_stop_after(args.stop_after)
     try:
-        rgb = decode_compressed(args.image.read_bytes(), config.max_image_pixels, FILE_FORMATS)
+        rgb = decode_compressed(read_image_file(args.image), config.max_image_pixels, FILE_FORMATS)
     except (OSError, ImageConversionError) as exc:
         return fail(f"cannot read image {args.image}: {one_line(exc)}")
-    engine = SpatialThinkerEngine(config)
     engine.load()
     on_text = (lambda s: print(s, end="", file=sys.stderr, flush=True)) if args.stream else None
     result = engine.answer(rgb, args.question, args.choices, on_text=on_text,

@@ -199,6 +199,8 @@ def replay_main(args: argparse.Namespace) -> int:
         return fail(exc)
     try:
         engine = SpatialThinkerEngine(engine_config_from_args(args))
+        for question in config.questions:  # the engine's own rule, before the model loads
+            engine.check_question(question, config.choices)
         problem = concurrency_problem(config.concurrency, engine.backend)
         if problem is None:
             engine.load()
@@ -220,4 +222,5 @@ def replay_main(args: argparse.Namespace) -> int:
         return 1
     if summary.interrupted:
         return 130
-    return 1 if summary.stopped_early else 0
+    # As eval: 1 when frames went unanswered (input cut short, inference failed).
+    return 1 if summary.stopped_early or summary.inference_errors else 0

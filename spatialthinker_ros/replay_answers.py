@@ -10,7 +10,6 @@ JSONL file and the frames directory. No rclpy.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -187,7 +186,7 @@ class OutcomeWriter:
     ) -> None:
         self.outputs = outputs
         self.summary = summary
-        self.warn = warn or self._warn
+        self.warn = warn or summary.warn
 
     def write(self, outcome: FrameOutcome) -> None:
         s = self.summary
@@ -208,8 +207,3 @@ class OutcomeWriter:
             s.frames_answered += 1
             name = outcome.work.camera.name
             s.answered_by_camera[name] = s.answered_by_camera.get(name, 0) + 1
-
-    def _warn(self, text: str) -> None:
-        if text not in self.summary.warnings:
-            print(f"spatialthinker-ros replay: warning: {text}", file=sys.stderr)
-        self.summary.warnings.append(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -119,6 +120,11 @@ class ReplayConfig:
             raise ReplayError(f"depth_tolerance_s must be >= 0, got {self.depth_tolerance_s}")
         if not self.questions:
             raise ReplayError("give at least one question")
+        if self.prefix and not (self.prefix.startswith("/") and _NAME.fullmatch(self.prefix[1:])):
+            raise ReplayError(
+                f"--prefix {self.prefix!r}: give an absolute ROS name such as /spatialthinker "
+                "(segments of letters, digits and _, not starting with a digit)"
+            )
         cameras = self.cameras
         if self.image_topic:
             if cameras:
@@ -168,6 +174,12 @@ class ReplaySummary:
     output_error: str = ""  # why writing an output failed mid-run (the run stopped there)
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        """Print a warning (once per text) and keep it."""
+        if text not in self.warnings:
+            print(f"spatialthinker-ros replay: warning: {text}", file=sys.stderr)
+        self.warnings.append(text)
 
     def describe(self) -> str:
         fps = self.frames_answered / self.elapsed_s if self.elapsed_s > 0 else 0.0

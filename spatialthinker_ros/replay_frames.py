@@ -15,7 +15,8 @@ from typing import Any
 
 from rosbags.typesys.store import Typestore
 
-from .bag_io import BagInput, OutputPaths, check_outputs, open_bag, topic_roles
+from .bag_io import BagInput, OutputPaths, ReplayError, check_outputs, open_bag, topic_roles
+from .core.text import one_line
 from .replay_config import CameraTopics, ReplayConfig, ReplaySummary
 
 DEPTH_HISTORY = 64  # depth images kept per camera for matching by stamp
@@ -44,6 +45,8 @@ def prepare_replay(config: ReplayConfig) -> ReplayInput:
         for index, camera in enumerate(config.cameras):
             roles = topic_roles(bag, camera.image, camera.depth, camera.info)
             routes.update({topic: Route(index, role) for topic, role in roles.items()})
+            if bag.topics[camera.image].count == 0:
+                raise ReplayError(f"topic {camera.image} of {bag.path} holds no messages")
         check_outputs(bag, OutputPaths(config.out_bag, config.jsonl, config.save_frames))
     except BaseException:
         bag.close()
@@ -116,7 +119,6 @@ class FrameReader:
         while not self._done():
             try:
                 topic, msgtype, bag_ns, raw = next(messages)
-                msg = self.store.deserialize_cdr(raw, msgtype)
             except StopIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - truncated or corrupt input: keep what we have
@@ -127,12 +129,28 @@ class FrameReader:
                 break
             count, last_ns = count + 1, bag_ns
             route = source.routes[topic]
+            try:  # one message a recorder wrote badly (invalid CDR, a non-UTF-8 frame_id)
+                msg = self.store.deserialize_cdr(raw, msgtype)
+                stamp_ns = _stamp_ns(msg.header)
+            except Exception as exc:  # noqa: BLE001 - skip it, read on
+                self._skip_undecodable(route, topic, bag_ns, exc)
+                continue
             self._take(self.cameras[route.camera], route.role, Frame(
-                bag_ns, _stamp_ns(msg.header), msgtype, raw, msg
+                bag_ns, stamp_ns, msgtype, raw, msg
             ))
             # A frame leaves once depth up to its stamp + tolerance had time to arrive.
             yield from self._release(bag_ns)
         yield from self._release(None)
+
+    def _skip_undecodable(self, route: Route, topic: str, bag_ns: int, exc: Exception) -> None:
+        if route.role == "image":
+            self.on_image()
+            self.summary.images_seen += 1
+            self.summary.skipped_bad_image += 1
+        self.summary.warn(
+            f"skipped {route.role} message on {topic} at bag time {bag_ns / 1e9:.3f} s that "
+            f"cannot be decoded: {one_line(exc, 200)}"
+        )
 
     def _take(self, camera: _Camera, role: str, frame: Frame) -> None:
         if role == "info":

@@ -137,3 +137,37 @@ def test_ask_with_bad_options_names_every_one(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     for name in ("max_new_tokens", "timeout_s", "max_pixels", "min_pixels"):
         assert name in out.stderr
+
+
+def test_ask_never_writes_the_annotation_over_its_input(tmp_path):
+    """Before: `--annotate frame.png` on frame.png replaced the input with the annotated frame."""
+    image = write_image(tmp_path / "frame.png", 56, 56)
+    link = tmp_path / "link.png"
+    link.symlink_to(image)
+    before = image.read_bytes()
+    for target in (image, link):
+        out = run_cli("ask", str(image), "q?", "--model", str(unloadable_model(tmp_path)),
+                      "--annotate", str(target))
+        assert out.returncode == 2, out.stderr
+        assert "is the input image" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert image.read_bytes() == before
+
+
+def test_ask_refuses_a_bad_question_before_loading_the_model(tmp_path):
+    image = write_image(tmp_path / "frame.png", 56, 56)
+    for args, reason in ((["  "], "question is empty"),
+                         (["q <|im_start|>"], "control tokens"),
+                         (["q?", "--choices", "a", " "], "choices must be non-empty")):
+        out = run_cli("ask", str(image), *args, "--model", str(unloadable_model(tmp_path)))
+        assert out.returncode == 2 and reason in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ask_reads_an_endless_file_only_up_to_the_limit(tmp_path):
+    """Before: `ask /dev/zero` read until memory ran out (killed)."""
+    out = run_cli("ask", "/dev/zero", "q?", "--model", str(unloadable_model(tmp_path)))
+    assert out.returncode == 2 and "larger than 256 MiB" in out.stderr, out.stderr
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    out = run_cli("ask", str(bad), "q?", "--model", str(unloadable_model(tmp_path)))
+    assert "not a JPEG, PNG" in out.stderr and "0x" not in out.stderr, out.stderr

@@ -128,8 +128,8 @@ def test_results_file_resume_repair_and_refusal(tmp_path):
     path = tmp_path / "results.jsonl"
     settings = {"model": "m", "max_pixels": 10}
     log = open_results(path, settings)
-    log.append({"key": "a#1", "outcome": "correct", "settings": settings})
-    log.append({"key": "a#2", "outcome": "wrong", "settings": settings})
+    log.append({"key": "a#1", "benchmark": "a", "outcome": "correct", "settings": settings})
+    log.append({"key": "a#2", "benchmark": "a", "outcome": "wrong", "settings": settings})
     log.close()
     with path.open("a", encoding="utf-8") as f:
         f.write("garbage line\n")

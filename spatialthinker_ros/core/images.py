@@ -282,6 +282,10 @@ def decode_compressed(
             rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except ImageConversionError:
         raise
+    except Image.UnidentifiedImageError:  # its text names a buffer object's address
+        raise ImageConversionError(
+            f"cannot decode compressed image: not a {', '.join(formats)} image"
+        ) from None
     except Image.DecompressionBombError as err:  # Pillow's own cap (~179 Mpx) came first
         raise ImageConversionError(
             f"compressed image exceeds the limit of {max_pixels} pixels ({err})"

@@ -66,13 +66,16 @@ def eval_main(args: argparse.Namespace) -> int:
         inputs = open_inputs(args.inputs)  # bad input fails before the model loads
     except InputError as exc:
         return fail(str(exc))
+    if inputs.rows == 0:
+        return fail("no items to evaluate: " + ", ".join(str(f.path) for f in inputs.files)
+                    + " hold no lines or rows")
     config = engine_config_from_args(args)
     engine = SpatialThinkerEngine(config)
     problem = concurrency_problem(args.concurrency, engine.backend)
     if problem is not None:
         return fail(problem)
     try:
-        log = open_results(args.results, eval_settings(config))
+        log = open_results(args.results, eval_settings(config), [f.path for f in inputs.files])
     except InputError as exc:
         return fail(str(exc))
     try:
