@@ -111,3 +111,17 @@ def test_a_cancel_that_stops_generation_always_ends_the_goal_canceled(make_harne
     assert result.result.answer.status == harness.SpatialAnswer.STATUS_CANCELED
     assert not harness.engine.release.is_set()  # generation stopped because of the cancel
 
+
+def test_bad_input_is_answered_with_one_bounded_line(make_harness) -> None:
+    """Before: an unknown stop_after was echoed whole in status_message (newlines, any
+    length, secrets included)."""
+    harness = make_harness()
+    harness.send_frame()
+    bad = "scene_graph\nplus a second line password=hunter2 " + "x" * 5000
+    answer = harness.ask(stop_after=bad)
+    assert answer.status == harness.SpatialAnswer.STATUS_INVALID_REQUEST
+    message = answer.status_message
+    assert message.startswith("stop_after must be one of")
+    assert "\n" not in message and len(message) <= 300
+    assert "hunter2" not in message
+    assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
