@@ -36,9 +36,10 @@ class RewritingBackend(TransformersBackend):
         super().__init__(config)
         self.rewrite = rewrite
 
-    def generate(self, image, prompt, *, max_new_tokens, on_text=None, should_stop=None):
+    def generate(self, image, prompt, *, max_new_tokens, on_text=None, should_stop=None,
+                 **options):
         generation = super().generate(image, prompt, max_new_tokens=max_new_tokens,
-                                      should_stop=should_stop)
+                                      should_stop=should_stop, **options)
         text = self.rewrite(generation.text)
         if on_text is not None:
             on_text(text)
