@@ -84,8 +84,10 @@ class Answerer:
 
     def status(self, request: AskRequest, status: AnswerStatus, message: str,
                header: Any = None, **extra: Any) -> SpatialAnswerMsg:
-        """A SpatialAnswer without a model answer for `request`."""
-        return AnswerOutputs(rclpy_message, request.echo, header).status(status, message, **extra)
+        """A SpatialAnswer without a model answer for `request`; `message` made one safe line
+        (it may echo what the caller sent)."""
+        return AnswerOutputs(rclpy_message, request.echo, header).status(
+            status, one_line(message), **extra)
 
     def frame_problem(self, request: AskRequest) -> tuple[AnswerStatus, str, Any] | None:
         """(status, reason, header) when `request` cannot be answered now for lack of a usable

@@ -11,8 +11,9 @@ RUNNING until the answer is in, then SUCCESS when it is what the tree expects (a
 letter or choice; with neither given, any answer) and FAILURE otherwise, on errors and on
 timeouts. The result goes to the blackboard under `blackboard_key` (None when the node gave no
 answer at all); `feedback_message` says why it failed. Interrupted (`terminate` with INVALID,
-e.g. a higher-priority branch took over), it cancels the goal. The node must be spun while the
-tree ticks (an executor thread, or `executor.spin_once` between ticks).
+e.g. a higher-priority branch took over) or shut down (`tree.shutdown()`), it cancels the goal.
+The node must be spun while the tree ticks (an executor thread, or `executor.spin_once` between
+ticks).
 """
 
 from __future__ import annotations
@@ -102,12 +103,23 @@ class AskSpatialBehaviour(py_trees.behaviour.Behaviour):
                     and result.matched_choice.strip().casefold() in self.expected_choices))
 
     def terminate(self, new_status: py_trees.common.Status) -> None:
-        future, self._future = self._future, None
-        if new_status == py_trees.common.Status.INVALID and future is not None and (
-            not future.done() and self.client is not None
-        ):
-            self.client.cancel(future)
+        if new_status == py_trees.common.Status.INVALID and self._cancel_running():
             self.feedback_message = "interrupted: goal canceled"
+        self._future = None
+
+    def shutdown(self) -> None:
+        """The tree shuts down: py_trees does not stop a RUNNING behaviour first, so a goal
+        still running is canceled here (the model stops instead of finishing for nobody)."""
+        if self._cancel_running():
+            self.feedback_message = "tree shut down: goal canceled"
+        self._future = None
+
+    def _cancel_running(self) -> bool:
+        future = self._future
+        if future is None or future.done() or self.client is None:
+            return False
+        self.client.cancel(future)
+        return True
 
 
 def _answer(result: SpatialResult) -> str:

@@ -67,6 +67,7 @@ FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 # A blocking ask waits this much beyond timeout_s for the client's own timeout to fire.
 WAIT_SLACK_S = 5.0
+SPIN_HANDOVER_S = 0.05  # a blocking ask waiting for another thread's spin checks this often
 SCENE_GRAPH_READY = AskSpatialAction.Feedback.STAGE_SCENE_GRAPH_READY
 # Frames of an executor's spin loop on the stack: the current thread runs its callbacks.
 _SPIN_FRAMES = frozenset({"spin", "spin_once", "_spin_once_impl", "spin_until_future_complete",
@@ -236,11 +237,25 @@ class SpatialThinkerClient:
         return executor
 
     def _spin_until_done(self, future: Future, timeout_s: float) -> None:
-        with self._spin_lock:
-            if self._own_executor is None:
-                self._own_executor = SingleThreadedExecutor(context=self.node.context)
-            rclpy.spin_until_future_complete(self.node, future, executor=self._own_executor,
-                                             timeout_sec=timeout_s)
+        """Spin the node until `future` is done. One thread spins at a time; another thread's
+        ask meanwhile waits for its own future (the spinning thread runs its callbacks), not
+        for the spinning thread's answer, and takes over the spinning if that one ends first."""
+        deadline = time.monotonic() + timeout_s
+        while not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0.0:
+                return
+            if not self._spin_lock.acquire(timeout=min(left, SPIN_HANDOVER_S)):
+                continue
+            try:
+                self._own_executor = self._own_executor or SingleThreadedExecutor(
+                    context=self.node.context)
+                left = max(deadline - time.monotonic(), 0.0)
+                rclpy.spin_until_future_complete(self.node, future, executor=self._own_executor,
+                                                 timeout_sec=left)
+            finally:
+                self._spin_lock.release()
+            return
 
     def one_shot(self, delay_s: float, callback: Callable[[], None]) -> _OneShot:
         return _OneShot(self, delay_s, callback)

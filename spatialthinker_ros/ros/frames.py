@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+# How often a wait for a frame checks whether it should stop waiting.
+WAIT_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,21 @@ class LatestFrame(Generic[T]):
             self._used = self._frame is not None
             return self._frame
 
-    def wait_for(self, stamp_s: float, timeout_s: float) -> Frame[T] | None:
+    def wait_for(self, stamp_s: float, timeout_s: float,
+                 stop: Callable[[], bool] = lambda: False) -> Frame[T] | None:
         """The newest frame once one stamped at or after `stamp_s` is there (waits up to
-        `timeout_s`); None on timeout."""
+        `timeout_s`); None on timeout or as soon as `stop()` is true (polled every
+        WAIT_POLL_S: deactivation, an action cancel)."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
         with self._cond:
-            self._cond.wait_for(
-                lambda: self._frame is not None and self._frame.stamp_s >= stamp_s,
-                timeout=max(timeout_s, 0.0),
-            )
-            frame = self._frame
-            return frame if frame is not None and frame.stamp_s >= stamp_s else None
+            while True:
+                frame = self._frame
+                if frame is not None and frame.stamp_s >= stamp_s:
+                    return frame
+                left = deadline - time.monotonic()
+                if left <= 0.0 or stop():
+                    return None
+                self._cond.wait(min(left, WAIT_POLL_S))
 
     def clear(self) -> None:
         with self._cond:

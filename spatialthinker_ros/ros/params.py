@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..core.options import (
     ENGINE_OPTIONS,
@@ -30,6 +31,25 @@ STRING_ARRAY = "string_array"  # marker default: a string array declared without
 MIN_RATE_HZ = 1e-3
 MAX_CAMERAS = 16
 DEFAULT_CAMERAS = ("",)  # one camera on the node's own topics (image, depth, camera_info)
+
+
+def credential_problem(name: str, value: Any) -> str | None:
+    """Why `value` may not be parameter `name`'s because it holds a credential, or None. Every
+    parameter value is published on /parameter_events and served to `ros2 param get`, so a
+    credential must never be one: base_url may carry neither user:password@ nor a query (the
+    API key comes from the environment variable api_key_env names). Never echoes the value."""
+    if name != "base_url" or not isinstance(value, str):
+        return None
+    try:
+        parts = urlsplit(value)
+        secret = parts.username is not None or parts.password is not None or bool(parts.query)
+    except ValueError:
+        secret = "@" in value or "?" in value
+    if not secret:
+        return None
+    return ("base_url must not hold credentials (user:password@ or a query): parameters are "
+            "published on /parameter_events; put the API key in the environment variable "
+            "api_key_env names")
 
 
 def _choices_problem(value: Any) -> str | None:
@@ -239,6 +259,9 @@ def validate_value(name: str, value: Any) -> str | None:
     opt = PARAMETER_BY_NAME.get(name)
     if opt is None:
         return None  # not ours (use_sim_time, qos overrides, ...)
+    secret = credential_problem(name, value)
+    if secret is not None:
+        return secret
     if opt.kind is list:
         return opt.check(value) if opt.check is not None else None
     return option_problem(opt, value)
@@ -291,24 +314,43 @@ def declare_parameters(node) -> tuple[dict[str, Any], list[str]]:
     """Declare every parameter on an rclpy node. Returns the values (overrides applied) and the
     problems found; an override rclpy refuses (wrong type, out of range) falls back to the
     default and is reported instead of raising."""
+    from rcl_interfaces.msg import SetParametersResult
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.parameter import Parameter
 
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for opt in PARAMETERS:
-        default = Parameter.Type.STRING_ARRAY if opt.default == STRING_ARRAY else opt.default
-        try:
-            param = node.declare_parameter(opt.name, default, descriptor_for(opt))
-        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-            problems.append(f"parameter {opt.name} rejected, default used: {exc}")
-            param = node.declare_parameter(
-                opt.name, default, descriptor_for(opt), ignore_override=True
-            )
-        if param.value is None and opt.default == STRING_ARRAY:
-            # rclpy cannot infer a type from an empty default: initialise it explicitly.
-            node.set_parameters([Parameter(opt.name, Parameter.Type.STRING_ARRAY, [])])
-        values[opt.name] = param.value if param.value is not None else default_values()[opt.name]
+    refused: dict[str, str] = {}  # name -> credential problem (its value is never echoed)
+
+    def refuse_credentials(params: list) -> SetParametersResult:
+        for param in params:
+            problem = credential_problem(param.name, param.value)
+            if problem is not None:
+                refused[param.name] = problem
+                return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True)
+
+    # A refused override is never stored, so never published on /parameter_events nor served.
+    node.add_on_set_parameters_callback(refuse_credentials)
+    try:
+        for opt in PARAMETERS:
+            default = Parameter.Type.STRING_ARRAY if opt.default == STRING_ARRAY else opt.default
+            try:
+                param = node.declare_parameter(opt.name, default, descriptor_for(opt))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                # rclpy's message holds the value: not when the value is a credential.
+                why = refused.get(opt.name) or exc
+                problems.append(f"parameter {opt.name} rejected, default used: {why}")
+                param = node.declare_parameter(
+                    opt.name, default, descriptor_for(opt), ignore_override=True
+                )
+            if param.value is None and opt.default == STRING_ARRAY:
+                # rclpy cannot infer a type from an empty default: initialise it explicitly.
+                node.set_parameters([Parameter(opt.name, Parameter.Type.STRING_ARRAY, [])])
+            values[opt.name] = (param.value if param.value is not None
+                                else default_values()[opt.name])
+    finally:
+        node.remove_on_set_parameters_callback(refuse_credentials)
     problems += validate_values(values)
     return values, problems
 

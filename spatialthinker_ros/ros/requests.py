@@ -40,6 +40,10 @@ from .worker import BusyPolicy, FeedbackEvent, InferenceWorker, Job
 WAIT_SLACK_S = 10.0
 # Text-only action feedback at most this often (stage changes are always sent).
 FEEDBACK_MIN_INTERVAL_S = 0.05
+# How often a waiting action goal looks for a cancel request; right after the cancel callback
+# (the goal becomes CANCELING once it returns), how often it looks for the state change.
+CANCEL_POLL_S = 0.25
+CANCELING_POLL_S = 0.005
 # Requests are never dropped by DDS: a burst of callers beyond the default depth of 10 would
 # otherwise lose requests silently (and those callers wait forever).
 REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
@@ -60,7 +64,7 @@ class RequestServer:
         self.active = False
         self._waiters_cond = threading.Condition()
         self._waiters = 0
-        self._goal_jobs: dict[bytes, Job] = {}
+        self._cancels: set[bytes] = set()  # goals whose cancel callback ran (see _on_cancel)
         group = ReentrantCallbackGroup()
         self._service = node.create_service(
             AskSpatialSrv, "ask", self._on_service, qos_profile=REQUEST_QOS, callback_group=group
@@ -82,6 +86,12 @@ class RequestServer:
         self._action.destroy()
         self._node.destroy_service(self._service)
 
+    @property
+    def callers(self) -> int:
+        """Requests (service calls and action goals) the node has not answered yet."""
+        with self._waiters_cond:
+            return self._waiters
+
     def wait_for_callers(self, timeout_s: float) -> bool:
         """Wait until every caller got its answer (deactivation); False on timeout."""
         with self._waiters_cond:
@@ -94,9 +104,10 @@ class RequestServer:
         return response
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
-        job = self._goal_jobs.get(bytes(goal_handle.goal_id.uuid))
-        if job is not None:
-            job.cancel()
+        """Accept; the goal's waiting caller stops its work once the goal is CANCELING. rclpy
+        moves it there only after this callback returns: stopping the job here could finish
+        the goal (ABORTED) before that, and the cancel would come back refused."""
+        self._cancels.add(bytes(goal_handle.goal_id.uuid))
         return CancelResponse.ACCEPT
 
     def _on_action(self, goal_handle):
@@ -108,6 +119,7 @@ class RequestServer:
             goal_handle.canceled()
         else:
             goal_handle.abort()
+        self._cancels.discard(bytes(goal_handle.goal_id.uuid))  # terminal: no cancel follows
         return AskSpatialAction.Result(answer=answer)
 
     def request_from(self, msg: Any) -> AskRequest:
@@ -143,7 +155,7 @@ class RequestServer:
         return answer
 
     def _serve(self, request: AskRequest, goal_handle) -> SpatialAnswerMsg:
-        rejection = self.admit(request)
+        rejection = self.admit(request, goal_handle)
         if rejection is not None:
             return rejection
         settings = self._settings()
@@ -154,12 +166,7 @@ class RequestServer:
         budget = settings.engine.timeout_s * (self._worker.max_queue + 1) + WAIT_SLACK_S
         if goal_handle is None:
             return self._wait_for(job, budget)
-        key = bytes(goal_handle.goal_id.uuid)
-        self._goal_jobs[key] = job
-        try:
-            return self._wait_with_feedback(job, goal_handle, budget)
-        finally:
-            self._goal_jobs.pop(key, None)
+        return self._wait_with_feedback(job, goal_handle, budget)
 
     def busy_reason(self) -> str:
         if not self.active:
@@ -168,9 +175,10 @@ class RequestServer:
         return (f"model busy ({stats.queue_depth} queued, max_queue {self._worker.max_queue}, "
                 f"busy_policy {self._settings().busy_policy}); retry later")
 
-    def admit(self, request: AskRequest) -> SpatialAnswerMsg | None:
+    def admit(self, request: AskRequest, goal_handle=None) -> SpatialAnswerMsg | None:
         """An immediate answer for a request that cannot go to the model, else None. Waits up
-        to timeout_s for a frame stamped at or after the request's `not_before`."""
+        to timeout_s for a frame stamped at or after the request's `not_before` (CANCELED as
+        soon as the node stops serving or the goal is canceled)."""
         if not self.active:
             return self._reject(request, AnswerStatus.BUSY, self.busy_reason())
         settings = self._settings()
@@ -181,7 +189,8 @@ class RequestServer:
         if problem is not None:
             return self._reject(request, AnswerStatus.INVALID_REQUEST, problem)
         if request.not_before_s > 0.0:
-            rejection = self._wait_for_frame_after(request, settings.engine.timeout_s)
+            rejection = self._wait_for_frame_after(request, settings.engine.timeout_s,
+                                                   goal_handle)
             if rejection is not None:
                 return rejection
         frame_problem = self._answerer.frame_problem(request)
@@ -189,13 +198,23 @@ class RequestServer:
             return self._reject(request, *frame_problem)
         return None
 
-    def _wait_for_frame_after(self, request: AskRequest,
-                              timeout_s: float) -> SpatialAnswerMsg | None:
+    def _wait_for_frame_after(self, request: AskRequest, timeout_s: float,
+                              goal_handle=None) -> SpatialAnswerMsg | None:
         camera = self._answerer.camera(request.camera)
         if camera is None:
             return None  # admission then answers INVALID_REQUEST naming the cameras
-        if camera.images.wait_for(request.not_before_s, timeout_s) is not None:
+
+        def stop() -> bool:
+            return not self.active or (goal_handle is not None
+                                       and goal_handle.is_cancel_requested)
+
+        if camera.images.wait_for(request.not_before_s, timeout_s, stop) is not None:
             return None
+        if stop():
+            why = "the goal was canceled" if self.active else f"the node is {self._state()}"
+            return self._reject(
+                request, AnswerStatus.CANCELED,
+                f"{why} while waiting for an image stamped at or after not_before")
         return self._reject(
             request, AnswerStatus.STALE_IMAGE,
             f"no image stamped at or after not_before ({request.not_before_s:.3f} s) arrived "
@@ -219,8 +238,10 @@ class RequestServer:
     def _wait_with_feedback(self, job: Job, goal_handle, budget_s: float) -> SpatialAnswerMsg:
         deadline = time.monotonic() + budget_s
         sender = FeedbackSender(goal_handle.publish_feedback)
+        key = bytes(goal_handle.goal_id.uuid)
         while not job.future.done():
-            sender.send(job.feedback.drain(0.25))
+            poll_s = CANCELING_POLL_S if key in self._cancels else CANCEL_POLL_S
+            sender.send(job.feedback.drain(poll_s))
             if goal_handle.is_cancel_requested:
                 job.cancel()
             if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ executor callback)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -355,3 +356,44 @@ def test_not_before_answers_about_a_newer_frame(served: Harness, client) -> None
     assert result.header.frame_id == "cam_late" and result.header.stamp_s in frames.stamps
     assert result.header.stamp_s >= not_before.nanoseconds * 1e-9
     assert (result.header.sec, result.header.nanosec) != (old.stamp.sec, old.stamp.nanosec)
+
+
+def test_blocking_asks_from_two_threads_of_a_plain_script_keep_their_own_timeouts(
+        make_harness) -> None:
+    """Two threads of a plain script ask at once (the node in no executor): one spins the node,
+    the other waits for it. Before, the waiting one waited for the spinning one's whole answer,
+    past its own timeout_s; now it returns when its own ask ends."""
+    harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"))
+    harness.send_frame()
+    node = rclpy.create_node("two_thread_planner", namespace=harness.ns, context=harness.context)
+    client = SpatialThinkerClient(node)
+    outcomes: dict[str, Any] = {}
+
+    def ask(name: str, timeout_s: float) -> None:
+        try:
+            outcomes[name] = client.ask(QUESTION, CHOICES, timeout_s=timeout_s,
+                                        request_id=name)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            outcomes[name] = exc
+
+    try:
+        assert client.wait_until_ready(WAIT_S)
+        slow = threading.Thread(target=ask, args=("slow", WAIT_S * 2), daemon=True)
+        slow.start()
+        assert harness.engine.entered.wait(WAIT_S)  # "slow" is generating, held at the gate
+        started = time.monotonic()
+        short = threading.Thread(target=ask, args=("short", 2.0), daemon=True)
+        short.start()
+        short.join(20.0)
+        took = time.monotonic() - started
+        harness.engine.release.set()
+        slow.join(WAIT_S)
+    finally:
+        harness.engine.release.set()
+        client.destroy()
+        node.destroy_node()
+    assert took < 20.0, "the short ask waited for the other thread's answer"
+    assert isinstance(outcomes["short"], SpatialThinkerError), outcomes["short"]
+    assert outcomes["short"].status is AnswerStatus.TIMEOUT
+    assert isinstance(outcomes["slow"], SpatialResult), outcomes["slow"]
+    assert outcomes["slow"].status is AnswerStatus.OK

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 import rclpy  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -132,13 +133,38 @@ def test_parameter_changes_are_validated_before_anything_is_committed(
     assert harness.node.settings.rate_hz == 5.0
 
 
+def test_credentials_in_base_url_are_refused_before_anything_holds_them(make_harness,
+                                                                         capfd) -> None:
+    """Every parameter value is published on /parameter_events and served to `ros2 param get`.
+    Before: a base_url with user:password@ and a key in its query was stored (published, served)
+    as given; now the override is refused at declaration, configure fails saying why, and
+    neither the parameter, the reason, /diagnostics nor the log holds the secret."""
+    from spatialthinker_ros.testing.ports import free_port
+
+    url = f"http://bob:hunter2@127.0.0.1:{free_port()}/v1?api_key=sk-live-0123456789abcdef"
+    harness = make_harness(start=False, backend="openai", base_url=url, api_model="tiny")
+    node = harness.node
+    held = node.get_parameter("base_url").value
+    assert node.trigger_configure() != TransitionCallbackReturn.SUCCESS
+    assert "base_url must not hold credentials" in node.config_error
+    assert "api_key_env" in node.config_error
+    values = harness.diagnostics(lambda v: "base_url" in v.get("last_error", ""))
+    logged = capfd.readouterr()
+    for text in (held, node.config_error, str(values), logged.out, logged.err):
+        assert "hunter2" not in text and "bob" not in text and "sk-live" not in text
+    # The set-parameters path refuses it too (read-only, and by the same rule).
+    refused = node.set_parameters([Parameter("base_url", value=url)])[0]
+    assert not refused.successful and "hunter2" not in refused.reason
+    assert "hunter2" not in node.get_parameter("base_url").value
+
+
 def test_a_server_error_publishes_no_credentials(make_harness, monkeypatch) -> None:
-    """The remote backend against a port where nothing listens, its URL carrying user:password:
-    the answer, /answer and /diagnostics show the URL without them."""
+    """The remote backend against a port where nothing listens, its key in the environment: the
+    answer, /answer and /diagnostics show the URL and never the key."""
     from spatialthinker_ros.testing.ports import free_port
 
     monkeypatch.setenv("FLEET_KEY", "sk-live-0123456789abcdef")
-    url = f"http://bob:hunter2@127.0.0.1:{free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     harness = make_harness(backend="openai", base_url=url, api_key_env="FLEET_KEY",
                            api_model="tiny", retries=0, timeout_s=5.0)
     harness.send_frame()
@@ -148,7 +174,7 @@ def test_a_server_error_publishes_no_credentials(make_harness, monkeypatch) -> N
     texts = [answer.status_message, str(values)] + [
         m.status_message for m in harness.messages("answer")]
     for text in texts:
-        assert "hunter2" not in text and "bob:" not in text and "sk-live" not in text
+        assert "sk-live" not in text
     assert "127.0.0.1" in answer.status_message
     assert CHOICES  # the request echoed its choices
     assert list(answer.choices) == CHOICES

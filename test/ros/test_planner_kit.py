@@ -134,6 +134,26 @@ def test_a_higher_priority_branch_taking_over_cancels_the_goal(make_harness, tre
     assert not harness.engine.release.is_set()  # generation stopped because of the cancel
 
 
+def test_shutting_the_tree_down_while_the_ask_runs_cancels_the_goal(make_harness, trees) -> None:
+    """py_trees' BehaviourTree.shutdown() only calls each behaviour's shutdown(), without
+    stopping a RUNNING one first. Before, the goal kept the model busy until timeout_s."""
+    harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"),
+                           timeout_s=300.0)
+    harness.send_frame()
+    ask = behaviour("ask", QUESTION, CHOICES, request_id="abandoned")
+    tree = py_trees.trees.BehaviourTree(ask)
+    tree.setup(node=harness.client, timeout=WAIT_S)
+    tree.tick()
+    assert harness.engine.entered.wait(WAIT_S)
+    assert ask.status == py_trees.common.Status.RUNNING
+    tree.shutdown()
+    canceled = wait_until(lambda: [m for m in harness.messages("answer")
+                                   if m.request_id == "abandoned"], timeout=30.0,
+                          what="the canceled answer")
+    assert canceled[0].status == AnswerStatus.CANCELED
+    assert not harness.engine.release.is_set()
+
+
 # ---------------------------------------------------------------------------------- LLM tools
 
 
