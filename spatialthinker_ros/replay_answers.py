@@ -21,13 +21,13 @@ from .bag_io import CAMERA_INFO, COMPRESSED, IMAGE, ReplayOutputs
 from .bag_types import BagMessages
 from .core.depth import AlignedDepth
 from .core.engine import EngineError, Result, SpatialThinkerEngine
-from .core.images import ImageConversionError, decode_compressed, image_to_rgb
+from .core.images import ImageConversionError, message_to_rgb
 from .core.outputs import AnswerOutputs, Request
 from .core.serialize import result_to_dict
 from .core.status import AnswerStatus
 from .core.text import one_line
 from .replay_config import ReplayConfig, ReplaySummary
-from .replay_frames import Frame, FrameWork
+from .replay_frames import FrameWork
 
 SCENE_GRAPH = "spatialthinker_ros/msg/SceneGraph"
 ANSWER = "spatialthinker_ros/msg/SpatialAnswer"
@@ -67,13 +67,6 @@ class FrameOutcome:
     positions: int = 0
 
 
-def frame_rgb(frame: Frame) -> np.ndarray:
-    m = frame.msg
-    if frame.msgtype == COMPRESSED:
-        return decode_compressed(bytes(m.data))
-    return image_to_rgb(m.encoding, m.width, m.height, m.step, m.data, bool(m.is_bigendian))
-
-
 class FrameAnswerer:
     """Answers the questions about one frame (callable from several threads at once)."""
 
@@ -95,7 +88,8 @@ class FrameAnswerer:
         outcome = FrameOutcome(work)
         at = f"{frame.stamp_ns / 1e9:.3f} s" + (f" of camera {camera.name}" if camera.name else "")
         try:
-            rgb = frame_rgb(frame)
+            rgb = message_to_rgb(frame.msg, frame.msgtype == COMPRESSED,
+                                 self.engine.config.max_image_pixels)
         except ImageConversionError as exc:
             outcome.skipped_bad_image = True
             outcome.warnings.append(f"skipped image at {at}: {exc}")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from spatialthinker_ros.bag_types import make_typestore
@@ -106,3 +107,44 @@ def test_failed_inference_exits_1_not_0(tmp_path):
               f"http://127.0.0.1:{free_port()}/v1", "--model", "x", "--retries", "0", "--quiet")
     assert run.returncode == 1, run.stderr
     assert "1 inference errors" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_frames_over_max_image_pixels_are_skipped_unread(fitted_engine, tmp_path):
+    """Raw and compressed frames meet the engine's max_image_pixels when they are decoded, as in
+    the node (one function, `core.images.message_to_rgb`). Before: replay decoded every frame
+    against the default cap, so an over-cap frame failed later as an inference error."""
+    from dataclasses import replace
+
+    from spatialthinker_ros.core.images import encode_jpeg
+
+    store = make_typestore()
+    with Reader(write_sample_bag(tmp_path / "sample", frames=2)) as reader:
+        raws = [(t, bytes(raw)) for c, t, raw in reader.messages() if c.topic == IMAGE_TOPIC]
+    compressed_type = store.types["sensor_msgs/msg/CompressedImage"]
+    header_type = store.types["std_msgs/msg/Header"]
+    time_type = store.types["builtin_interfaces/msg/Time"]
+    jpeg = encode_jpeg(np.zeros((48, 64, 3), np.uint8))
+    bag = tmp_path / "mixed"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        raw_conn = writer.add_connection(IMAGE_TOPIC, IMAGE, typestore=store)
+        jpeg_conn = writer.add_connection("/jpeg", "sensor_msgs/msg/CompressedImage",
+                                          typestore=store)
+        for t, raw in raws:
+            writer.write(raw_conn, t, raw)
+            msg = compressed_type(header_type(time_type(t // 10**9, t % 10**9), FRAME_ID), "jpeg",
+                                  np.frombuffer(jpeg, np.uint8))
+            writer.write(jpeg_conn, t, store.serialize_cdr(msg, compressed_type.__msgtype__))
+    saved = fitted_engine.config
+    fitted_engine.config = replace(saved, max_image_pixels=1000)
+    try:
+        for topic in (IMAGE_TOPIC, "/jpeg"):
+            config = ReplayConfig(in_bag=bag, out_bag=tmp_path / f"out{topic.count('j')}",
+                                  image_topic=topic, questions=("Where is the cube?",),
+                                  progress=False)
+            summary = run_replay(config, fitted_engine)
+            assert (summary.frames_answered, summary.skipped_bad_image) == (0, 2), topic
+            assert summary.inference_errors == 0, topic
+            assert all("exceeds the limit of 1000 pixels" in w for w in summary.warnings), \
+                summary.warnings
+    finally:
+        fitted_engine.config = saved

@@ -22,6 +22,7 @@ import io
 import operator
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -297,6 +298,16 @@ def decode_compressed(
     if rgb.shape != (height, width, 3) or rgb.dtype != np.uint8:
         raise ImageConversionError(f"decoder returned an unexpected array {rgb.shape} {rgb.dtype}")
     return rgb
+
+
+def message_to_rgb(msg: Any, compressed: bool, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                   ) -> np.ndarray:
+    """A sensor_msgs/Image or CompressedImage (rclpy's or rosbags', read by field) -> H x W x 3
+    uint8 RGB, under the same pixel cap: the node and replay decode frames through this."""
+    if compressed:
+        return decode_compressed(msg.data, max_pixels)
+    return image_to_rgb(msg.encoding, msg.width, msg.height, msg.step, msg.data,
+                        bool(msg.is_bigendian), max_pixels)
 
 
 def _check_rgb(rgb: object) -> np.ndarray:

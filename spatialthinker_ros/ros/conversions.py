@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from spatialthinker_ros.msg import SceneGraph as SceneGraphMsg
 
-from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, decode_compressed, encode_jpeg, image_to_rgb
+from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, encode_jpeg, message_to_rgb
 from ..core.outputs import FrameHeader, header_msg, image_msg
 from ..core.scene import Box, Relation, SceneGraph, SceneObject
 from ..core.spatial_result import SpatialResult
@@ -68,11 +68,7 @@ def image_msg_to_rgb(
 
     Raises core.images.ImageConversionError on unsupported or inconsistent input.
     """
-    if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.data, max_pixels)
-    return image_to_rgb(
-        msg.encoding, msg.width, msg.height, msg.step, msg.data, bool(msg.is_bigendian), max_pixels
-    )
+    return message_to_rgb(msg, isinstance(msg, CompressedImage), max_pixels)
 
 
 def rgb_to_image_msg(rgb: np.ndarray, header: Any = None) -> Image:
