@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -130,6 +131,38 @@ def test_deadline_counts_from_start_and_reports_timeout(gate_worker) -> None:
     assert job.future.result(WAIT) == "stopped:timeout"
     assert job.stop_reason is StopReason.TIMEOUT
     assert not job.canceled
+
+
+def test_a_job_still_queued_at_its_deadline_never_runs(gate_worker) -> None:
+    """The deadline counts from the request's arrival: time in the queue counts."""
+    gate, worker = gate_worker
+    running = worker.submit("a", timeout_s=WAIT, policy=BusyPolicy.QUEUE)
+    assert gate.started.wait(WAIT)
+    queued = worker.submit("b", timeout_s=0.05, policy=BusyPolicy.QUEUE)
+    threading.Event().wait(0.1)
+    gate.release.set()
+    assert running.future.result(WAIT) == "done:a"
+    assert worker.wait_idle(WAIT)
+    assert queued.future.cancelled() and gate.ran == ["a"]
+    assert queued.stop_reason is StopReason.TIMEOUT and not queued.canceled
+
+
+def test_expire_stops_only_a_queued_job(gate_worker) -> None:
+    gate, worker = gate_worker
+    running = worker.submit("a", timeout_s=WAIT, policy=BusyPolicy.QUEUE)
+    assert gate.started.wait(WAIT)
+    queued = worker.submit("b", timeout_s=WAIT, policy=BusyPolicy.QUEUE)
+    assert not running.expire() and queued.expire()
+    gate.release.set()
+    assert running.future.result(WAIT) == "done:a"
+    assert worker.wait_idle(WAIT) and gate.ran == ["a"]
+    assert queued.stop_reason is StopReason.TIMEOUT
+
+
+def test_arrival_time_sets_the_deadline() -> None:
+    job: Job[str, str] = Job("x", timeout_s=1.0, arrived_at=time.monotonic() - 2.0)
+    assert job.should_stop() and job.stop_reason is StopReason.TIMEOUT
+    assert not job.start()  # past its deadline before it started: never runs
 
 
 def test_handler_exception_reaches_the_future_and_worker_survives() -> None:

@@ -199,7 +199,9 @@ class EngineConfig:
     )
     timeout_s: float = option(
         60.0,
-        "Longest answer in seconds (generation, or the whole remote request); past it: timeout",
+        "Longest answer in seconds (generation, or the whole remote request); past it: timeout. "
+        "In the node it counts from the request's arrival (waiting for not_before and in the "
+        "queue included)",
         float_range=(0.1, 3600.0),
         cli_flag="--timeout",
         read_only=False,

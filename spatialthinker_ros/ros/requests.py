@@ -34,9 +34,10 @@ from .answering import Answerer, AskRequest
 from .conversions import stamp_to_seconds
 from .diagnostics import ServingStats
 from .params import NodeSettings
-from .worker import BusyPolicy, FeedbackEvent, InferenceWorker, Job
+from .worker import BusyPolicy, FeedbackEvent, InferenceWorker, Job, StopReason
 
-# Extra wait, beyond the queue's worst case, before a caller gives up on the worker.
+# Extra wait past a request's deadline for a running job to stop at its next token, before the
+# caller gives up on the worker (a safety net: the answer normally comes at the deadline).
 WAIT_SLACK_S = 10.0
 # Text-only action feedback at most this often (stage changes are always sent).
 FEEDBACK_MIN_INTERVAL_S = 0.05
@@ -155,18 +156,20 @@ class RequestServer:
         return answer
 
     def _serve(self, request: AskRequest, goal_handle) -> SpatialAnswerMsg:
-        rejection = self.admit(request, goal_handle)
+        # timeout_s bounds the whole request from here: waiting for not_before, in the queue
+        # and generating.
+        arrived_at = time.monotonic()
+        settings = self._settings()
+        rejection = self.admit(request, goal_handle, arrived_at + settings.engine.timeout_s)
         if rejection is not None:
             return rejection
-        settings = self._settings()
         job = self._worker.submit(request, timeout_s=settings.engine.timeout_s,
-                                  policy=BusyPolicy(settings.busy_policy))
+                                  policy=BusyPolicy(settings.busy_policy), arrived_at=arrived_at)
         if job is None:
             return self._reject(request, AnswerStatus.BUSY, self.busy_reason())
-        budget = settings.engine.timeout_s * (self._worker.max_queue + 1) + WAIT_SLACK_S
         if goal_handle is None:
-            return self._wait_for(job, budget)
-        return self._wait_with_feedback(job, goal_handle, budget)
+            return self._wait_for(job)
+        return self._wait_with_feedback(job, goal_handle)
 
     def busy_reason(self) -> str:
         if not self.active:
@@ -175,10 +178,10 @@ class RequestServer:
         return (f"model busy ({stats.queue_depth} queued, max_queue {self._worker.max_queue}, "
                 f"busy_policy {self._settings().busy_policy}); retry later")
 
-    def admit(self, request: AskRequest, goal_handle=None) -> SpatialAnswerMsg | None:
-        """An immediate answer for a request that cannot go to the model, else None. Waits up
-        to timeout_s for a frame stamped at or after the request's `not_before` (CANCELED as
-        soon as the node stops serving or the goal is canceled)."""
+    def admit(self, request: AskRequest, goal_handle, deadline: float) -> SpatialAnswerMsg | None:
+        """An immediate answer for a request that cannot go to the model, else None. Waits
+        until `deadline` (time.monotonic()) for a frame stamped at or after the request's
+        `not_before` (CANCELED as soon as the node stops serving or the goal is canceled)."""
         if not self.active:
             return self._reject(request, AnswerStatus.BUSY, self.busy_reason())
         settings = self._settings()
@@ -190,7 +193,7 @@ class RequestServer:
             return self._reject(request, AnswerStatus.INVALID_REQUEST, problem)
         if request.not_before_s > 0.0:
             rejection = self._wait_for_frame_after(request, settings.engine.timeout_s,
-                                                   goal_handle)
+                                                   deadline, goal_handle)
             if rejection is not None:
                 return rejection
         frame_problem = self._answerer.frame_problem(request)
@@ -198,7 +201,7 @@ class RequestServer:
             return self._reject(request, *frame_problem)
         return None
 
-    def _wait_for_frame_after(self, request: AskRequest, timeout_s: float,
+    def _wait_for_frame_after(self, request: AskRequest, timeout_s: float, deadline: float,
                               goal_handle=None) -> SpatialAnswerMsg | None:
         camera = self._answerer.camera(request.camera)
         if camera is None:
@@ -208,7 +211,8 @@ class RequestServer:
             return not self.active or (goal_handle is not None
                                        and goal_handle.is_cancel_requested)
 
-        if camera.images.wait_for(request.not_before_s, timeout_s, stop) is not None:
+        wait_s = max(0.0, deadline - time.monotonic())
+        if camera.images.wait_for(request.not_before_s, wait_s, stop) is not None:
             return None
         if stop():
             why = "the goal was canceled" if self.active else f"the node is {self._state()}"
@@ -226,38 +230,54 @@ class RequestServer:
         self._stats.answered(answer.status, answer.status_message)
         return answer
 
-    def _wait_for(self, job: Job, budget_s: float) -> SpatialAnswerMsg:
+    def _wait_for(self, job: Job) -> SpatialAnswerMsg:
+        """The job's answer: at its deadline a job still queued never runs (TIMEOUT), a running
+        one stops at its next token."""
         try:
-            return job.future.result(timeout=budget_s)
+            return job.future.result(timeout=max(0.0, job.deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            job.expire()
+        except concurrent.futures.CancelledError:
+            return self._not_started(job)
+        try:
+            return job.future.result(timeout=WAIT_SLACK_S)
         except concurrent.futures.TimeoutError:
             job.cancel()
-            return self._give_up(job, budget_s)
+            return self._give_up(job)
         except concurrent.futures.CancelledError:
-            return self._canceled_in_queue(job)
+            return self._not_started(job)
 
-    def _wait_with_feedback(self, job: Job, goal_handle, budget_s: float) -> SpatialAnswerMsg:
-        deadline = time.monotonic() + budget_s
+    def _wait_with_feedback(self, job: Job, goal_handle) -> SpatialAnswerMsg:
         sender = FeedbackSender(goal_handle.publish_feedback)
         key = bytes(goal_handle.goal_id.uuid)
         while not job.future.done():
             poll_s = CANCELING_POLL_S if key in self._cancels else CANCEL_POLL_S
-            sender.send(job.feedback.drain(poll_s))
+            left_s = job.deadline - time.monotonic()
+            sender.send(job.feedback.drain(min(poll_s, left_s) if left_s > 0 else poll_s))
             if goal_handle.is_cancel_requested:
                 job.cancel()
-            if time.monotonic() > deadline:
+            if time.monotonic() > job.deadline:
+                job.expire()
+            if time.monotonic() > job.deadline + WAIT_SLACK_S:
                 job.cancel()
-                return self._give_up(job, budget_s)
+                return self._give_up(job)
         sender.send(job.feedback.drain(0.0), final=True)
         try:
             return job.future.result(timeout=0)
         except concurrent.futures.CancelledError:
-            return self._canceled_in_queue(job)
+            return self._not_started(job)
 
-    def _give_up(self, job: Job, budget_s: float) -> SpatialAnswerMsg:
+    def _give_up(self, job: Job) -> SpatialAnswerMsg:
         return self._reject(job.payload, AnswerStatus.TIMEOUT,
-                            f"no answer from the inference worker within {budget_s:.1f} s")
+                            f"no answer from the inference worker within timeout_s = "
+                            f"{job.timeout_s:g} s + {WAIT_SLACK_S:g} s")
 
-    def _canceled_in_queue(self, job: Job) -> SpatialAnswerMsg:
+    def _not_started(self, job: Job) -> SpatialAnswerMsg:
+        """A job that never ran: canceled, or still queued at its deadline."""
+        if job.stop_reason is StopReason.TIMEOUT and not job.canceled:
+            return self._reject(job.payload, AnswerStatus.TIMEOUT,
+                                f"timeout_s = {job.timeout_s:g} s passed while the request "
+                                f"waited in the queue")
         return self._reject(job.payload, AnswerStatus.CANCELED,
                             "canceled before the model started on it")
 

@@ -3,8 +3,9 @@
 The executor threads submit jobs and wait on their futures; only this thread touches the model.
 A busy worker either rejects a job (busy policy "reject") or queues it up to `max_queue`, then
 rejects. Each job carries its own stop flag: cancel (action cancel, deactivation) and a deadline
-(`timeout_s`, counted from the moment the worker starts it) are both seen by `should_stop`, which
-the engine polls between generated tokens.
+(`timeout_s`, counted from the request's arrival, so time spent waiting in the queue counts) are
+both seen by `should_stop`, which the engine polls between generated tokens. A job still queued
+at its deadline never runs (`expire`).
 """
 
 from __future__ import annotations
@@ -129,24 +130,33 @@ class FeedbackChannel:
 class Job(Generic[P, R]):
     """One request: its payload, its future result, its stop flag and its feedback channel."""
 
-    def __init__(self, payload: P, timeout_s: float) -> None:
+    def __init__(self, payload: P, timeout_s: float, arrived_at: float | None = None) -> None:
+        """`arrived_at`: time.monotonic() when the request arrived (default: now)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.payload = payload
         self.timeout_s = timeout_s
+        self.deadline = (time.monotonic() if arrived_at is None else arrived_at) + timeout_s
         self.future: concurrent.futures.Future[R] = concurrent.futures.Future()
         self.feedback = FeedbackChannel()
         self.future.add_done_callback(lambda _f: self.feedback.close())
         self._canceled = threading.Event()
-        self._deadline: float | None = None
         self._timed_out = False
 
     def start(self) -> bool:
-        """Called by the worker: False when the job was canceled while queued."""
-        if not self.future.set_running_or_notify_cancel():
-            return False
-        self._deadline = time.monotonic() + self.timeout_s
-        return True
+        """Called by the worker: False when the job was canceled, or reached its deadline,
+        while queued."""
+        if time.monotonic() > self.deadline:
+            self.expire()
+        return self.future.set_running_or_notify_cancel()
+
+    def expire(self) -> bool:
+        """Past the deadline: a job still queued never runs (its future is cancelled, its stop
+        reason TIMEOUT); True when it was still queued."""
+        if self.future.cancel():
+            self._timed_out = True
+            return True
+        return False
 
     def cancel(self) -> None:
         """Stop the job: a queued one never runs, a running one stops at the next token."""
@@ -161,7 +171,7 @@ class Job(Generic[P, R]):
         """Polled by the engine between tokens: True once canceled or past the deadline."""
         if self._canceled.is_set():
             return True
-        if self._deadline is not None and time.monotonic() > self._deadline:
+        if time.monotonic() > self.deadline:
             self._timed_out = True
             return True
         return False
@@ -170,7 +180,7 @@ class Job(Generic[P, R]):
     def stop_reason(self) -> StopReason:
         if self._canceled.is_set():
             return StopReason.CANCELED
-        if self._timed_out or (self._deadline is not None and time.monotonic() > self._deadline):
+        if self._timed_out or time.monotonic() > self.deadline:
             return StopReason.TIMEOUT
         return StopReason.NONE
 
@@ -227,9 +237,11 @@ class InferenceWorker(Generic[P, R]):
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
 
-    def submit(self, payload: P, *, timeout_s: float, policy: BusyPolicy) -> Job[P, R] | None:
-        """Queue a job; None when the worker is busy (per `policy`) or stopped."""
-        job: Job[P, R] = Job(payload, timeout_s)
+    def submit(self, payload: P, *, timeout_s: float, policy: BusyPolicy,
+               arrived_at: float | None = None) -> Job[P, R] | None:
+        """Queue a job (its deadline `timeout_s` after `arrived_at`, default now); None when the
+        worker is busy (per `policy`) or stopped."""
+        job: Job[P, R] = Job(payload, timeout_s, arrived_at)
         with self._cond:
             # Jobs accepted and not finished: the running one (or the next, not yet picked up)
             # plus those waiting behind it.

@@ -19,6 +19,7 @@ from action_msgs.msg import GoalStatus  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from rclpy.action import CancelResponse  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from test_node import CHOICES, QUESTION, WAIT_S, GatedEngine, wait_future, wait_until  # noqa: E402
 
 # timeout_s of these nodes: long, so that an answer arriving only when it runs out fails the test.
@@ -125,3 +126,37 @@ def test_bad_input_is_answered_with_one_bounded_line(make_harness) -> None:
     assert "\n" not in message and len(message) <= 300
     assert "hunter2" not in message
     assert harness.ask().status == harness.SpatialAnswer.STATUS_OK
+
+
+def test_timeout_s_bounds_a_request_from_its_arrival_queue_included(make_harness) -> None:
+    """Four requests at once while the model is held: each gets TIMEOUT within timeout_s (+ a
+    bound) of being sent. Before, timeout_s counted from when the worker started a job, so the
+    k-th queued request was answered after k x timeout_s (the fourth after 20 s here)."""
+    timeout_s = 5.0
+    harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"),
+                           timeout_s=timeout_s, max_queue=4, busy_policy="queue")
+    harness.send_frame()
+    answered_at: dict[str, float] = {}
+    futures = {}
+    sent = time.monotonic()
+    for i in range(4):
+        rid = f"r{i}"
+        futures[rid] = harness.ask_async(request_id=rid)
+        futures[rid].add_done_callback(
+            lambda _f, rid=rid: answered_at.setdefault(rid, time.monotonic()))
+    answers = {rid: wait_future(f, timeout_s + WAIT_S, what=f"answer {rid}").answer
+               for rid, f in futures.items()}
+
+    assert all(a.status == harness.SpatialAnswer.STATUS_TIMEOUT for a in answers.values()), {
+        rid: (a.status, a.status_message) for rid, a in answers.items()}
+    late = {rid: round(t - sent, 1) for rid, t in answered_at.items()
+            if t - sent > timeout_s + PROMPT_S}
+    assert not late, f"answered later than timeout_s + {PROMPT_S} s after sending: {late}"
+    # Those still queued at their deadline never reach the model (all but the first, unless the
+    # executor delivered them far apart).
+    queued = [a for a in answers.values() if "waited in the queue" in a.status_message]
+    assert queued, [a.status_message for a in answers.values()]
+    assert harness.engine.calls == 4 - len(queued)
+    harness.engine.release.set()
+    assert harness.node.set_parameters([Parameter("timeout_s", value=LONG_TIMEOUT_S)])[0].successful
+    assert harness.ask().status == harness.SpatialAnswer.STATUS_OK  # the node serves on
