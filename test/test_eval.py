@@ -329,6 +329,10 @@ def test_bad_items_are_counted_and_skipped_never_a_crash(server, tmp_path, capsy
         json.dumps({k: v for k, v in good.items() if k != "choices"} | {"id": "nochoices"}),
         json.dumps({**good, "id": "empty", "choices": []}),
         json.dumps({**good, "id": "notlist", "choices": "left or right"}),
+        json.dumps({**good, "id": "nullchoice", "choices": ["left", None]}),
+        json.dumps({**good, "id": "listchoice", "choices": ["left", ["right"]]}),
+        json.dumps({**good, "id": "numbers", "choices": [1, 2.5], "task": 7}),
+        json.dumps({**good, "id": {"an": "object"}}),
         json.dumps({**good, "id": "gold", "answer": "D"}),
         json.dumps({**good, "id": "missing", "image": "images/nope.png"}),
         json.dumps({**good, "id": "garbage", "image": "images/garbage.png"}),
@@ -341,12 +345,15 @@ def test_bad_items_are_counted_and_skipped_never_a_crash(server, tmp_path, capsy
     code, out, err = run_main(capsys, str(folder), *remote_args(server), "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["overall"] == {"accuracy": 1.0, "n": 1, "correct": 1}
+    assert report["overall"]["n"] == 2  # the good item and the one with numbers as choices
+    assert report["by_task"] == {"bad/7": {"accuracy": 1.0, "n": 1, "correct": 1}}
     assert report["skipped"] == {
         "line is not valid JSON": 1,
         "missing field 'choices'": 1,
         "no choices": 1,
         "choices is not a list": 1,
+        "a choice is not text or a number": 2,
+        "benchmark, task or id is not text or a number": 1,
         "gold answer names no choice": 1,
         "unreadable image": 2,
         "refused by the engine": 1,
@@ -354,7 +361,7 @@ def test_bad_items_are_counted_and_skipped_never_a_crash(server, tmp_path, capsy
         "line is not a JSON object": 1,
         "missing column 'answer'": 2,
     }
-    assert len(server.requests) == 1  # only the good item reached the model
+    assert len(server.requests) == 2  # only the good items reached the model
 
 
 def test_unmatched_and_missing_answers_are_wrong_and_parse_failures(server, tmp_path, capsys):

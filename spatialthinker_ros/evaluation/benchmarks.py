@@ -235,9 +235,9 @@ def download_hub_dataset(spec: str) -> Path:
 def _item(
     *,
     source: str,
-    benchmark: str,
-    task: str,
-    item_id: str,
+    benchmark: object,
+    task: object,
+    item_id: object,
     prompt: object,
     question: object,
     choices: object,
@@ -255,7 +255,12 @@ def _item(
         return SkippedItem("no choices", source)
     if len(choices) > MAX_CHOICES:
         return SkippedItem(f"more than {MAX_CHOICES} choices", source)
-    choice_texts = tuple(safe_text(c if isinstance(c, str) else str(c)).strip() for c in choices)
+    if not all(_scalar_text(c) is not None for c in choices):
+        return SkippedItem("a choice is not text or a number", source)
+    choice_texts = tuple(safe_text(_scalar_text(c)).strip() for c in choices)
+    if not all(_scalar_text(v) is not None for v in (benchmark, task, item_id)):
+        return SkippedItem("benchmark, task or id is not text or a number", source)
+    benchmark, task, item_id = (_scalar_text(v) for v in (benchmark, task, item_id))
     if isinstance(answer, str) and answer.strip().lower() == "hidden":
         return SkippedItem("no gold answer (hidden test split)", source)
     gold = parse_gold(answer, choice_texts)
@@ -279,6 +284,16 @@ def _item(
         image_bytes=image_bytes,
         image_path=image_path,
     )
+
+
+def _scalar_text(value: object) -> str | None:
+    """Text of a string or a number (a file may store counts as numbers); None for anything
+    else (null, lists, objects, booleans), which an item must not turn into "None" or "['x']"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _jsonl_entries(path: Path) -> Iterator[Entry]:
@@ -308,9 +323,9 @@ def _jsonl_entries(path: Path) -> Iterator[Entry]:
                 missing = "field 'image' is not a path"
             yield _item(
                 source=source,
-                benchmark=str(record.get("benchmark") or path.stem),
-                task=str(record.get("task") or ""),
-                item_id=str(record.get("id", number)),
+                benchmark=record.get("benchmark") or path.stem,
+                task=record.get("task") or "",
+                item_id=record.get("id", number),
                 prompt=record.get("prompt"),
                 question=record.get("question"),
                 choices=record.get("choices"),
