@@ -25,6 +25,7 @@ from spatialthinker_ros.evaluation.report import report_to_json
 from spatialthinker_ros.evaluation.results import open_results
 from spatialthinker_ros.evaluation.runner import EvalOptions, eval_settings, evaluate
 from spatialthinker_ros.testing import benchmark_files as bf
+from spatialthinker_ros.testing.signals import default_sigint
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,6 +279,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_asks_only_the_rest(server, tmp_path)
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,  # Ctrl-C as from a terminal, however the tests run
         text=True,
         env=env,
     )

@@ -25,6 +25,7 @@ from spatialthinker_ros.sample_bag import (
     render_frame,
     write_sample_bag,
 )
+from spatialthinker_ros.testing.signals import default_sigint
 from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,6 +364,7 @@ def test_ctrl_c_closes_the_output_bag(fitted_model_dir, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # Ctrl-C as from a terminal, however the tests run
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:

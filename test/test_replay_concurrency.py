@@ -27,6 +27,7 @@ from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
 from spatialthinker_ros.replay import ReplayConfig, run_replay
 from spatialthinker_ros.replay_config import camera_topics
 from spatialthinker_ros.sample_bag import IMAGE_TOPIC, sample_camera, write_sample_bag
+from spatialthinker_ros.testing.signals import default_sigint
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,6 +223,7 @@ def test_ctrl_c_with_requests_in_flight(server, tmp_path):
          "--max-pixels", str(FITTED_MAX_PIXELS), "--concurrency", "4", "--timeout", "600",
          "--quiet"],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,  # Ctrl-C as from a terminal, however the tests run
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -124,16 +124,22 @@ def ros2(ros_interfaces, tmp_path_factory) -> Iterator[list[str]]:
 # within its spin time (the daemon would have): tried again, as a user would.
 NOT_DISCOVERED = ("Node not found", "Waiting for an action server to become available")
 ATTEMPTS = 5
+# How long a verb is tried again while its participant does not discover the node (discovery on
+# a loaded 2-core machine can take many seconds).
+DISCOVERY_S = 90.0
 
 
 def run_ros2(ros2: list[str], args: list[str], timeout: float = COMMAND_S) -> str:
-    for _ in range(ATTEMPTS):
+    deadline = time.monotonic() + DISCOVERY_S
+    while True:
         done = subprocess.run([*ros2, *args], capture_output=True, text=True, timeout=timeout,
                               check=False)
         output = done.stdout + done.stderr
         if done.returncode == 0 or not any(s in output for s in NOT_DISCOVERED[:1]):
             break
-        time.sleep(1)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert done.returncode == 0, f"ros2 {shlex.join(args)} exited {done.returncode}:\n{output}"
     return output
 
@@ -237,16 +243,20 @@ def test_launch_autostarts_with_remaps_and_the_parameter_file(ros2, launched) ->
     assert "active [3]" in run_ros2(ros2, ["lifecycle", "get", NODE, "--no-daemon"])
     max_pixels = run_ros2(ros2, ["param", "get", NODE, "max_pixels", "--no-daemon"])
     assert str(FITTED_MAX_PIXELS) in max_pixels  # from the parameter file
-    # The remapped image topic: the service answers OK (next test) only with its frames.
+    # The remapped image topic: the service gets a model answer (next test) only with its frames.
 
 
 def test_readme_service_call_is_answered(ros2, launched) -> None:
     from spatialthinker_ros.msg import SpatialAnswer
 
     (args,) = readme_commands("service")
-    output = run_ros2(ros2, args)  # OK needs a fresh frame from the remapped image topic
+    output = run_ros2(ros2, args)  # a model answer needs a fresh frame from the remapped topic
     assert "response:" in output
-    assert _yaml_answer(output) == str(SpatialAnswer.STATUS_OK), output
+    # A model answer: OK, or PARTIAL because the fitted model's fixed boxes (drawn for 644 x 476)
+    # partly fall outside the 320 x 240 frame (large frames need a Fast DDS profile between
+    # processes). NO_IMAGE or STALE_IMAGE would mean the remap or the frames failed.
+    assert _yaml_answer(output) in (str(SpatialAnswer.STATUS_OK),
+                                    str(SpatialAnswer.STATUS_PARTIAL)), output
     assert re.search(r"option='[^']+'", output), output
 
 
