@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .core.spatial_result import SpatialThinkerError, error_to_json, result_to_json
-from .core.text import one_line
+from .core.text import loads_json, one_line
 from .interface_docs import InterfaceField, read_interface
 
 TOOL_NAME = "ask_spatial"
@@ -147,7 +147,7 @@ def run_tool_call(client: Any, arguments: Any, **ask_options: Any) -> dict[str, 
     caller's (timeout_s, retry_deadline_s, camera, ...), never the LLM's."""
     if isinstance(arguments, str | bytes):
         try:
-            arguments = json.loads(arguments)
+            arguments = loads_json(arguments)
         except ValueError as exc:
             return _invalid(f"arguments are not JSON: {exc}")
     if not isinstance(arguments, Mapping):

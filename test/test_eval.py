@@ -328,6 +328,7 @@ def test_bad_items_are_counted_and_skipped_never_a_crash(server, tmp_path, capsy
     lines = [
         json.dumps(good),
         "{not json",
+        "[" * 100_000 + "]" * 100_000,  # json.loads raises RecursionError, not ValueError
         json.dumps({k: v for k, v in good.items() if k != "choices"} | {"id": "nochoices"}),
         json.dumps({**good, "id": "empty", "choices": []}),
         json.dumps({**good, "id": "notlist", "choices": "left or right"}),
@@ -350,7 +351,7 @@ def test_bad_items_are_counted_and_skipped_never_a_crash(server, tmp_path, capsy
     assert report["overall"]["n"] == 2  # the good item and the one with numbers as choices
     assert report["by_task"] == {"bad/7": {"accuracy": 1.0, "n": 1, "correct": 1}}
     assert report["skipped"] == {
-        "line is not valid JSON": 1,
+        "line is not valid JSON": 2,
         "missing field 'choices'": 1,
         "no choices": 1,
         "choices is not a list": 1,

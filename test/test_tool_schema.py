@@ -148,6 +148,8 @@ def test_pip_install_puts_the_interfaces_where_the_schema_reads_them(
 
 BAD_ARGUMENTS = [
     ("not json {", "not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # json raises RecursionError there
+    (b"\xff\xfe\x00", "not JSON"),
     ("[1, 2]", "JSON object"),
     (42, "JSON object"),
     ({}, "missing required argument 'question'"),

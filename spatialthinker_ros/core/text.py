@@ -8,6 +8,7 @@ replaces them; everything that builds an output calls it.
 
 from __future__ import annotations
 
+import json
 import re
 
 REPLACEMENT = "\ufffd"
@@ -63,3 +64,12 @@ def safe_fields(fields: dict[str, object]) -> dict[str, object]:
             value = [safe_text(v) for v in value]
         out[name] = value
     return out
+
+
+def loads_json(text: str | bytes) -> object:
+    """json.loads for text from a user, a file, a server or an LLM: every failure is a
+    ValueError, nesting too deep for the decoder included (json raises RecursionError there)."""
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc

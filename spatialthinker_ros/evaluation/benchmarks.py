@@ -20,7 +20,6 @@ A bad item (missing column, no choices, a gold letter outside the choices) becom
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from ..core.prompt import MAX_CHOICES, question_text
-from ..core.text import one_line, safe_text
+from ..core.text import loads_json, one_line, safe_text
 from .paper import PAPER_FILES
 from .scoring import letter, parse_gold
 
@@ -180,7 +179,7 @@ def _jsonl_rows(path: Path) -> int:
     if first is None:
         return 0
     try:
-        record = json.loads(first)
+        record = loads_json(first)
     except ValueError as exc:
         raise InputError(f"{path}: not JSON Lines (line 1: {one_line(exc)})") from exc
     if not isinstance(record, dict) or not {"image", "question"} & record.keys():
@@ -305,7 +304,7 @@ def _jsonl_entries(path: Path) -> Iterator[Entry]:
             number += 1
             source = f"{path.name}:{number}"
             try:
-                record = json.loads(raw)
+                record = loads_json(raw)
             except ValueError:
                 yield SkippedItem("line is not valid JSON", source)
                 continue

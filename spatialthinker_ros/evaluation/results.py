@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..core.text import one_line, safe_text
+from ..core.text import loads_json, one_line, safe_text
 from .benchmarks import InputError
 from .scoring import Outcome
 
@@ -92,7 +92,7 @@ def _read_existing(log: ResultsLog, path: Path) -> None:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line)
         except ValueError:
             record = None
         if not (isinstance(record, dict) and isinstance(record.get("key"), str)
