@@ -89,9 +89,11 @@ class Answerer:
         return AnswerOutputs(rclpy_message, request.echo, header).status(
             status, one_line(message), **extra)
 
-    def frame_problem(self, request: AskRequest) -> tuple[AnswerStatus, str, Any] | None:
-        """(status, reason, header) when `request` cannot be answered now for lack of a usable
-        frame (unknown camera, none yet, stale, stamped ahead); None when it can."""
+    def frame_problem(self, request: AskRequest, frame: Frame | None = None
+                      ) -> tuple[AnswerStatus, str, Any] | None:
+        """(status, reason, header) when `request` cannot be answered about `frame` (default:
+        its camera's newest) for lack of a usable frame (unknown camera, none yet, stale,
+        stamped ahead, stamped before the request's not_before); None when it can."""
         settings = self.settings
         camera = self._intake.camera(request.camera)
         if camera is None:
@@ -99,11 +101,17 @@ class Answerer:
             asked = one_line(repr(request.camera), max_chars=80)
             return (AnswerStatus.INVALID_REQUEST, f"unknown camera {asked}; cameras: {known}",
                     None)
-        frame = camera.images.peek()
+        if frame is None:
+            frame = camera.images.peek()
         if frame is None:
             return AnswerStatus.NO_IMAGE, "no camera image received yet", None
         reason = frame.unusable_reason(self._now_s(), request.max_image_age_s,
                                        settings.max_future_stamp_s if settings else 0.5)
+        if reason is None and frame.stamp_s < request.not_before_s:
+            # Admission saw a frame at or after not_before; a newer one stamped earlier came
+            # since (a driver restart, a time step, a looping bag).
+            reason = (f"newest image is stamped {request.not_before_s - frame.stamp_s:.3f} s "
+                      f"before the request's not_before (the camera's stamps went back)")
         if reason is not None:
             return AnswerStatus.STALE_IMAGE, reason, frame.message.header
         return None
@@ -122,11 +130,13 @@ class Answerer:
         engine, settings = self.engine, self.settings
         if engine is None or settings is None or not engine.loaded:
             return self.status(request, AnswerStatus.INFERENCE_ERROR, "the model is not loaded")
-        problem = self.frame_problem(request)
+        camera = self._intake.camera(request.camera)
+        # The frame answered about is the one checked: a newer one may arrive meanwhile.
+        frame = camera.images.peek() if camera is not None else None
+        problem = self.frame_problem(request, frame)
         if problem is not None:
             return self.status(request, *problem)
-        camera = self._intake.camera(request.camera)
-        frame = camera.images.take()
+        camera.images.mark_used(frame)
         header = frame.message.header
         if request.standing:
             self.on_standing_frame(camera.name, frame)

@@ -1,0 +1,105 @@
+"""Hostile camera drivers against the live node: odd encodings, broken buffers, bad stamps and
+frame ids, unusable depth and CameraInfo, compressed garbage, stamps that go backwards.
+
+Real rclpy in a loopback-only namespace, the real engine on the fitted tiny model (held between
+tokens by `GatedEngine` where a request must wait in the queue). Every request gets exactly one
+answer with a status and a one-line reason, about (the header of) the frame it was answered
+about, and the node keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+import rclpy  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_node import (  # noqa: E402
+    CHOICES,
+    QUESTION,
+    WAIT_S,
+    GatedEngine,
+    wait_future,
+    wait_until,
+)
+
+RNG = np.random.default_rng(7)
+RGB = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+K = [500.0, 0.0, 320.0, 0.0, 500.0, 240.0, 0.0, 0.0, 1.0]
+
+
+def stamp_at(harness, offset_s: float) -> Time:
+    return (harness.client.get_clock().now()
+            + rclpy.duration.Duration(nanoseconds=int(offset_s * 1e9))).to_msg()
+
+
+def image(width: int, height: int, encoding: str, step: int, data: bytes, stamp: Time,
+          frame_id: str, is_bigendian: int = 0) -> Image:
+    msg = Image(width=width, height=height, encoding=encoding, step=step,
+                is_bigendian=is_bigendian)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.data = data
+    return msg
+
+
+def rgb8(stamp: Time, frame_id: str) -> Image:
+    return image(640, 480, "rgb8", 640 * 3, RGB.tobytes(), stamp, frame_id)
+
+
+def deliver(harness, msg: Any, publisher=None) -> None:
+    """Publish `msg` and wait until the node holds it as the newest frame."""
+    (publisher or harness.image_pub).publish(msg)
+    camera = harness.node.intake.camera("")
+
+    def holds() -> bool:
+        frame = camera.images.peek()
+        return (frame is not None and frame.message.header.stamp == msg.header.stamp
+                and frame.message.header.frame_id == msg.header.frame_id)
+    wait_until(holds, what=f"the node to hold frame {msg.header.frame_id[:40]!r}")
+
+
+def ask_not_before(harness, not_before: Time, request_id: str):
+    request = harness.AskSpatial.Request(question=QUESTION, choices=CHOICES,
+                                         request_id=request_id, not_before=not_before)
+    return harness.ask_client.call_async(request)
+
+
+def test_not_before_holds_when_the_camera_stamps_go_backwards(make_harness) -> None:
+    """A request admitted on a frame stamped after its not_before waits in the queue; meanwhile
+    the camera's stamps jump back (a driver restart, a time sync step, a looping bag). Before,
+    the worker answered about the newest frame, stamped before not_before, with status OK."""
+    harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"))
+    a = harness.SpatialAnswer
+    engine = harness.engine
+    deliver(harness, rgb8(stamp_at(harness, -2.0), "before"))
+    running = harness.ask_async(request_id="running")
+    assert engine.entered.wait(WAIT_S)
+
+    not_before = stamp_at(harness, -1.0)
+    deliver(harness, rgb8(stamp_at(harness, 0.0), "after"))
+    queued = ask_not_before(harness, not_before, "queued")
+    wait_until(lambda: harness.node.worker.stats.queue_depth == 1, what="the queued request")
+    jumped = rgb8(stamp_at(harness, -1.5), "jumped_back")
+    deliver(harness, jumped)
+
+    engine.release.set()
+    assert wait_future(running).answer.status == a.STATUS_OK
+    answer = wait_future(queued).answer
+    stamp_s = answer.header.stamp.sec + answer.header.stamp.nanosec * 1e-9
+    not_before_s = not_before.sec + not_before.nanosec * 1e-9
+    assert answer.status != a.STATUS_OK or stamp_s >= not_before_s, (
+        f"answered about a frame stamped {not_before_s - stamp_s:.2f} s before not_before")
+    assert answer.status == a.STATUS_STALE_IMAGE, answer.status_message
+    assert "not_before" in answer.status_message and "\n" not in answer.status_message
+    assert answer.header.stamp == jumped.header.stamp
+    assert answer.header.frame_id == "jumped_back"
+    # The node keeps serving: a fresh frame is answered.
+    fresh = rgb8(stamp_at(harness, 0.0), "fresh")
+    deliver(harness, fresh)
+    again = wait_future(ask_not_before(harness, not_before, "again")).answer
+    assert again.status == a.STATUS_OK and again.header.frame_id == "fresh"
