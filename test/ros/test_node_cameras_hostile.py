@@ -18,7 +18,7 @@ pytest.importorskip("rclpy")
 
 import rclpy  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from test_node import (  # noqa: E402
     CHOICES,
     QUESTION,
@@ -103,3 +103,68 @@ def test_not_before_holds_when_the_camera_stamps_go_backwards(make_harness) -> N
     deliver(harness, fresh)
     again = wait_future(ask_not_before(harness, not_before, "again")).answer
     assert again.status == a.STATUS_OK and again.header.frame_id == "fresh"
+
+
+def camera_info(stamp: Time, k: list[float], width: int = 640, height: int = 480) -> CameraInfo:
+    info = CameraInfo(width=width, height=height)
+    info.header.stamp, info.k = stamp, k
+    return info
+
+
+def depth_mm(stamp: Time, value_mm: int, width: int = 640, height: int = 480) -> Image:
+    data = np.full((height, width), value_mm, dtype=np.uint16).tobytes()
+    return image(width, height, "16UC1", width * 2, data, stamp, "depth")
+
+
+def test_depth_and_camera_info_problems_are_named_in_the_answer(make_harness) -> None:
+    """With use_depth, an answer whose objects got no 3D position says why in status_message.
+    Before: status OK, an empty message, and no position, whatever was wrong (AlignedDepth's
+    reason was never read)."""
+    harness = make_harness(use_depth=True)
+    a = harness.SpatialAnswer
+    camera = harness.node.intake.camera("")
+
+    def ask_about(frame_id: str, info: CameraInfo | None = None,
+                  depth: Image | None = None, stamp: Time | None = None) -> Any:
+        stamp = stamp or stamp_at(harness, 0.0)
+        if info is not None:
+            info.header.stamp = stamp
+            harness.info_pub.publish(info)
+            wait_until(lambda: camera.camera_info is not None
+                       and camera.camera_info.header.stamp == stamp, what="camera_info")
+        if depth is not None:
+            depth.header.stamp = depth.header.stamp if depth.header.stamp.sec else stamp
+            harness.depth_pub.publish(depth)
+            wait_until(lambda: camera.depth.newest() is not None
+                       and camera.depth.newest().header.stamp == depth.header.stamp,
+                       what="the depth frame")
+        frame = rgb8(stamp, frame_id)
+        deliver(harness, frame)
+        answer = harness.ask()
+        assert answer.status in (a.STATUS_OK, a.STATUS_PARTIAL), answer.status_message
+        assert answer.header.stamp == stamp and answer.header.frame_id == frame_id
+        assert "\n" not in answer.status_message
+        return answer
+
+    no_info = ask_about("no_info")
+    assert "no camera_info received" in no_info.status_message
+    zero_k = ask_about("zero_k", camera_info(Time(), [0.0] * 9), depth_mm(Time(), 2000))
+    assert "camera_info has no usable intrinsics" in zero_k.status_message
+    bad_depth = image(640, 480, "rgb8", 1920, bytes(10), Time(), "depth")
+    undecodable = ask_about("bad_depth", camera_info(Time(), K), bad_depth)
+    assert "depth image:" in undecodable.status_message
+    far = ask_about("far_depth", depth=depth_mm(Time(sec=1), 2000))
+    assert "depth_stamp_tolerance_s = 0.05 s" in far.status_message
+    nan = np.full((480, 640), np.nan, dtype=np.float32).tobytes()
+    invalid = ask_about("nan_depth", depth=image(640, 480, "32FC1", 2560, nan, Time(), "depth"))
+    assert "too few valid depth pixels" in invalid.status_message
+    assert "cube.1" in invalid.status_message
+    for answer in (no_info, zero_k, undecodable, far, invalid):
+        assert not any(o.has_position for o in answer.scene_graph.objects)
+    # Half-size depth, CameraInfo of a double-size stream: scaled, positions, no note.
+    half = depth_mm(Time(), 2000, 320, 240)
+    good = ask_about("good", camera_info(Time(), [v * 2 for v in K[:8]] + [1.0], 1280, 960),
+                     half)
+    assert all(o.has_position for o in good.scene_graph.objects)
+    assert good.scene_graph.objects[0].position.z == pytest.approx(2.0, abs=1e-3)
+    assert "3D" not in good.status_message
