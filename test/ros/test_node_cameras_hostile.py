@@ -9,6 +9,8 @@ about, and the node keeps serving.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,8 @@ pytest.importorskip("rclpy")
 
 import rclpy  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from test_node import (  # noqa: E402
     CHOICES,
     QUESTION,
@@ -27,6 +30,8 @@ from test_node import (  # noqa: E402
     wait_future,
     wait_until,
 )
+
+from spatialthinker_ros.core.images import encode_jpeg  # noqa: E402
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)
@@ -168,3 +173,110 @@ def test_depth_and_camera_info_problems_are_named_in_the_answer(make_harness) ->
     assert all(o.has_position for o in good.scene_graph.objects)
     assert good.scene_graph.objects[0].position.z == pytest.approx(2.0, abs=1e-3)
     assert "3D" not in good.status_message
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height with an empty IDAT: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def compressed(stamp: Time, frame_id: str, data: bytes, fmt: str = "jpeg") -> CompressedImage:
+    msg = CompressedImage(format=fmt, data=data)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+def test_hostile_frames_each_get_one_answer_about_their_own_header(make_harness) -> None:
+    """Odd encodings, broken buffers, compressed garbage, odd frame ids and stamps on the raw and
+    compressed topics (both publishing): one answer each, with a status and a one-line reason,
+    carrying that frame's header; the node keeps serving."""
+    harness = make_harness(use_compressed=True)
+    a = harness.SpatialAnswer
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    compressed_pub = harness.client.create_publisher(CompressedImage, "image/compressed",
+                                                      reliable)
+    gray16 = RNG.integers(0, 65536, (480, 640), dtype=np.uint16)
+    depth = (RNG.random((480, 640), dtype=np.float32) * 5.0)
+    depth[0], depth[1], depth[2], depth[3] = np.nan, np.inf, -1.0, 0.0
+    bgr = np.zeros((480, 2000), dtype=np.uint8)
+    bgr[:, :1920] = RGB[..., ::-1].reshape(480, 1920)
+    answered_ok = [
+        # (message, topic): the model answers (OK, or PARTIAL for boxes that do not fit).
+        (image(640, 480, "bgr8", 2000, bgr.tobytes(), stamp_at(harness, 0), "bgr8_padded",
+               is_bigendian=1), None),
+        (image(640, 480, "mono16", 1280, gray16.byteswap().tobytes(), stamp_at(harness, 0),
+               "mono16_big", is_bigendian=1), None),
+        (image(640, 480, "32FC1", 2560, depth.tobytes(), stamp_at(harness, 0), "depth_nan_inf"),
+         None),
+        (rgb8(Time(), ""), None),  # zero stamp, empty frame_id
+        (rgb8(Time(sec=-5, nanosec=7), "neg/\u00fc n\u00e4me \u2603\t" + "x" * 2000), None),
+        (compressed(stamp_at(harness, 0), "jpeg", encode_jpeg(RGB)), compressed_pub),
+    ]
+    refused = [
+        # (message, topic, words of the reason)
+        (image(640, 480, "yuv422", 1280, bytes(1280 * 480), stamp_at(harness, 0), "yuv"), None,
+         "unsupported image encoding 'yuv422'"),
+        (image(640, 480, "bayer_rggb8", 640, bytes(640 * 480), stamp_at(harness, 0), "bayer"),
+         None, "unsupported image encoding 'bayer_rggb8'"),
+        (image(640, 480, "rgb8", 1920, bytes(100), stamp_at(harness, 0), "short"), None,
+         "fewer than step x height"),
+        (image(0, 0, "rgb8", 0, b"", stamp_at(harness, 0), "empty"), None,
+         "image size must be positive"),
+        (image(2**31, 2**31, "rgb8", 0, b"", stamp_at(harness, 0), "huge"), None,
+         "exceeds the limit"),
+        (image(2000, 5, "rgb8", 6000, bytes(6000 * 5), stamp_at(harness, 0), "sliver"), None,
+         "aspect ratio of 2000 x 5 exceeds 200"),
+        (compressed(stamp_at(harness, 0), "c_empty", b""), compressed_pub, "data is empty"),
+        (compressed(stamp_at(harness, 0), "c_garbage", b"\xff\xd8garbage" * 50),
+         compressed_pub, "cannot decode compressed image"),
+        (compressed(stamp_at(harness, 0), "c_bomb", png_header_only(7000, 7000), "png"),
+         compressed_pub, "exceeds the limit"),
+    ]
+    for msg, publisher in answered_ok:
+        deliver(harness, msg, publisher)
+        answer = harness.ask(request_id=msg.header.frame_id[:20])
+        assert answer.status in (a.STATUS_OK, a.STATUS_PARTIAL), (msg.header.frame_id[:20],
+                                                                  answer.status_message)
+        assert answer.header.stamp == msg.header.stamp
+        assert answer.header.frame_id == msg.header.frame_id
+        assert answer.scene_graph.header.frame_id == msg.header.frame_id
+    for msg, publisher, reason in refused:
+        deliver(harness, msg, publisher)
+        answer = harness.ask(request_id=msg.header.frame_id)
+        assert answer.status == a.STATUS_INFERENCE_ERROR, msg.header.frame_id
+        assert reason in answer.status_message and "\n" not in answer.status_message
+        assert len(answer.status_message) <= 300
+        assert answer.header.stamp == msg.header.stamp
+        assert answer.header.frame_id == msg.header.frame_id
+        assert answer.request_id == msg.header.frame_id
+    stats = harness.node.stats_snapshot()
+    assert stats["inference_errors"] == len(refused)
+    assert stats["image_conversion_errors"] == len(refused) - 1  # the sliver decodes
+
+    # A burst on both topics while requests arrive: each answer is about one frame that was
+    # published, with that frame's own header (stamp and frame_id together).
+    sent: dict[tuple[int, int], str] = {}
+    futures = []
+    for i in range(60):
+        stamp = stamp_at(harness, 0)
+        msg = (compressed(stamp, f"burst_c{i}", encode_jpeg(RGB[:240, :320]), "jpeg")
+               if i % 2 else rgb8(stamp, f"burst_r{i}"))
+        sent[(stamp.sec, stamp.nanosec)] = msg.header.frame_id
+        (compressed_pub if i % 2 else harness.image_pub).publish(msg)
+        if i % 20 == 5:
+            futures.append(harness.ask_async(request_id=f"burst-{i}"))
+    for future in futures:
+        answer = wait_future(future).answer
+        assert answer.status in (a.STATUS_OK, a.STATUS_PARTIAL), answer.status_message
+        key = (answer.header.stamp.sec, answer.header.stamp.nanosec)
+        assert sent.get(key) == answer.header.frame_id
+        graph = answer.scene_graph
+        size = (320, 240) if answer.header.frame_id.startswith("burst_c") else (640, 480)
+        assert (graph.image_width, graph.image_height) == size
+    assert harness.node.stats_snapshot()["state"] == "active"
