@@ -130,3 +130,16 @@ def test_wait_for_returns_the_first_frame_stamped_late_enough() -> None:
     threading.Timer(0.05, lambda: store.put("new", 11.5, 11.5)).start()
     frame = store.wait_for(11.0, 10.0)
     assert frame is not None and frame.message == "new"
+
+
+def test_mark_used_marks_only_the_frame_still_newest() -> None:
+    store: LatestFrame[str] = LatestFrame()
+    store.put("a", 1.0)
+    checked = store.peek()
+    store.put("b", 2.0)  # arrived after the check: "a" was replaced unused
+    store.mark_used(checked)
+    store.put("c", 3.0)
+    assert store.stats.dropped == 2
+    store.mark_used(store.peek())
+    store.put("d", 4.0)
+    assert store.stats.dropped == 2

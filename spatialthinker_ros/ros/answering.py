@@ -17,6 +17,7 @@ from rclpy.lifecycle import LifecycleNode
 
 from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
 
+from ..core.depth import AlignedDepth
 from ..core.images import ImageConversionError
 from ..core.outputs import AnswerOutputs, MarkerSource, Request
 from ..core.scene import SceneGraph
@@ -49,6 +50,17 @@ class AskRequest:
     @property
     def echo(self) -> Request:
         return Request(self.question, self.choices, self.request_id, self.camera)
+
+
+def depth_note(depth: AlignedDepth, graph: SceneGraph) -> str:
+    """Why objects with a box got no 3D position (use_depth), one line; "" when all have one."""
+    missing = [obj.id for obj in graph.objects if obj.box is not None and obj.position is None]
+    if not missing:
+        return ""
+    if depth.error:
+        return one_line(f"no 3D positions: {depth.error}")
+    names = ", ".join(repr(name) for name in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return one_line(f"no 3D position for {names}: too few valid depth pixels in the box")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -89,9 +101,11 @@ class Answerer:
         return AnswerOutputs(rclpy_message, request.echo, header).status(
             status, one_line(message), **extra)
 
-    def frame_problem(self, request: AskRequest) -> tuple[AnswerStatus, str, Any] | None:
-        """(status, reason, header) when `request` cannot be answered now for lack of a usable
-        frame (unknown camera, none yet, stale, stamped ahead); None when it can."""
+    def frame_problem(self, request: AskRequest, frame: Frame | None = None
+                      ) -> tuple[AnswerStatus, str, Any] | None:
+        """(status, reason, header) when `request` cannot be answered about `frame` (default:
+        its camera's newest) for lack of a usable frame (unknown camera, none yet, stale,
+        stamped ahead, stamped before the request's not_before); None when it can."""
         settings = self.settings
         camera = self._intake.camera(request.camera)
         if camera is None:
@@ -99,11 +113,17 @@ class Answerer:
             asked = one_line(repr(request.camera), max_chars=80)
             return (AnswerStatus.INVALID_REQUEST, f"unknown camera {asked}; cameras: {known}",
                     None)
-        frame = camera.images.peek()
+        if frame is None:
+            frame = camera.images.peek()
         if frame is None:
             return AnswerStatus.NO_IMAGE, "no camera image received yet", None
         reason = frame.unusable_reason(self._now_s(), request.max_image_age_s,
                                        settings.max_future_stamp_s if settings else 0.5)
+        if reason is None and frame.stamp_s < request.not_before_s:
+            # Admission saw a frame at or after not_before; a newer one stamped earlier came
+            # since (a driver restart, a time step, a looping bag).
+            reason = (f"newest image is stamped {request.not_before_s - frame.stamp_s:.3f} s "
+                      f"before the request's not_before (the camera's stamps went back)")
         if reason is not None:
             return AnswerStatus.STALE_IMAGE, reason, frame.message.header
         return None
@@ -122,11 +142,13 @@ class Answerer:
         engine, settings = self.engine, self.settings
         if engine is None or settings is None or not engine.loaded:
             return self.status(request, AnswerStatus.INFERENCE_ERROR, "the model is not loaded")
-        problem = self.frame_problem(request)
+        camera = self._intake.camera(request.camera)
+        # The frame answered about is the one checked: a newer one may arrive meanwhile.
+        frame = camera.images.peek() if camera is not None else None
+        problem = self.frame_problem(request, frame)
         if problem is not None:
             return self.status(request, *problem)
-        camera = self._intake.camera(request.camera)
-        frame = camera.images.take()
+        camera.images.mark_used(frame)
         header = frame.message.header
         if request.standing:
             self.on_standing_frame(camera.name, frame)
@@ -159,6 +181,10 @@ class Answerer:
         self._stats.inference(latency)
         streamed = outputs.streamed
         scene, answer = outputs.answer(result)
+        if depth is not None:
+            note = depth_note(depth, scene.graph)
+            if note:
+                answer.status_message = "; ".join(m for m in (answer.status_message, note) if m)
         if scene is not streamed:  # `</scene>` never closed, or the final graph differs
             self._publish_scene(outputs, scene)
         job.feedback.push(FeedbackEvent(Stage.ANSWERED, ""))

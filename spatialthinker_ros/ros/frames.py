@@ -90,6 +90,12 @@ class LatestFrame(Generic[T]):
             self._used = self._frame is not None
             return self._frame
 
+    def mark_used(self, frame: Frame[T]) -> None:
+        """Mark `frame` used (from `peek`), unless a newer one replaced it meanwhile."""
+        with self._cond:
+            if self._frame is frame:
+                self._used = True
+
     def wait_for(self, stamp_s: float, timeout_s: float,
                  stop: Callable[[], bool] = lambda: False) -> Frame[T] | None:
         """The newest frame once one stamped at or after `stamp_s` is there (waits up to

@@ -77,9 +77,17 @@ class Camera:
     def aligned_depth(self, stamp_s: float, tolerance_s: float, image_size: Size,
                       max_pixels: int) -> AlignedDepth:
         """The depth frame closest to `stamp_s` (within the tolerance) with the newest
-        CameraInfo; positions need both."""
+        CameraInfo; positions need both (`error` says which is missing)."""
         depth = self.depth.closest(stamp_s, tolerance_s)
-        return AlignedDepth(depth, self.camera_info, image_size, max_pixels)
+        aligned = AlignedDepth(depth, self.camera_info, image_size, max_pixels)
+        if self.camera_info is None:
+            aligned.error = "no camera_info received"
+        elif depth is None and len(self.depth) == 0:
+            aligned.error = "no depth frame received"
+        elif depth is None:
+            aligned.error = (f"no depth frame stamped within depth_stamp_tolerance_s = "
+                             f"{tolerance_s:g} s of the image")
+        return aligned
 
 
 class CameraIntake:
