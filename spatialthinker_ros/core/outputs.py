@@ -289,6 +289,8 @@ class _Markers:
             scale: tuple[float, float, float], color: Any, text: str = "",
             points: Sequence[tuple[float, float, float]] = ()) -> None:
         m = self.make
+        if not _finite((*position, *scale, *(c for p in points for c in p))):
+            return  # RViz refuses the marker (absurd intrinsics, e.g. fx 1e-300, give inf sizes)
         if self.source is not None:
             ns = self.source.namespace(ns)
         marker_id = self.next_id.get(ns, 0)
@@ -344,8 +346,9 @@ def markers_msg(
             positions[obj.id] = (x, y, z)
             width = height = 0.1
             if obj.box is not None and z > 0.0:
-                width = max(obj.box.width * z / k.fx, MIN_EXTENT_M)
-                height = max(obj.box.height * z / k.fy, MIN_EXTENT_M)
+                size = (obj.box.width * z / k.fx, obj.box.height * z / k.fy)
+                if _finite(size):  # else the nominal size (a focal length of almost nothing)
+                    width, height = (max(s, MIN_EXTENT_M) for s in size)
             out.add(NAMESPACE_BOXES, MARKER_CUBE, (x, y, z), (width, height, min(width, height)),
                     out.color(rgb, 0.35))
             out.add(NAMESPACE_LABELS, MARKER_TEXT_VIEW_FACING,

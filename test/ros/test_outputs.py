@@ -248,6 +248,20 @@ def test_unusable_coordinates_become_absent_not_errors(bad: float) -> None:
     serialize_message(outputs.markers_msg(rclpy_message, graph, HEADER))
 
 
+@pytest.mark.parametrize("fx", [1e-300, 5e-324])
+def test_markers_never_carry_non_finite_values(fx: float) -> None:
+    """A CameraInfo with a focal length of almost nothing (positive and finite, so usable)
+    made the cube of a placed object infinitely large: RViz refuses such a marker."""
+    k = outputs.CameraIntrinsics(fx=fx, fy=fx, cx=320.0, cy=240.0)
+    array = outputs.markers_msg(rclpy_message, core_graph(), HEADER, k)
+    for marker in array.markers:
+        values = [marker.pose.position.x, marker.pose.position.y, marker.pose.position.z,
+                  marker.scale.x, marker.scale.y, marker.scale.z,
+                  *(c for p in marker.points for c in (p.x, p.y, p.z))]
+        assert all(math.isfinite(v) for v in values), (marker.ns, values)
+    assert any(m.text == "cube.1" for m in array.markers)  # the label of the placed object stays
+
+
 @pytest.mark.parametrize("factory", ["rclpy", "bag"])
 def test_untrusted_strings_always_serialise(factory: str, store, bag_make) -> None:
     """Surrogates, NULs and control characters from a model or a bag never break a message."""
