@@ -75,11 +75,12 @@ def run(tree: py_trees.trees.BehaviourTree, executor, timeout_s: float) -> py_tr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--namespace", default="", help="the node's namespace ('' = root)")
     parser.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the node")
-    parser.add_argument("--timeout-s", type=float, default=60.0)
-    parser.add_argument("--max-image-age-s", type=float, default=0.0)
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="bound of the question")
+    parser.add_argument("--max-image-age-s", type=float, default=0.0,
+                        help="oldest acceptable camera frame (0: the node's default)")
     args = parser.parse_args(argv)
     rclpy.init()
     node = rclpy.create_node("example_bt", namespace=args.namespace or None)

@@ -62,7 +62,7 @@ def plan(client: SpatialThinkerClient, options: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--namespace", default="", help="the node's namespace ('' = root)")
     parser.add_argument("--wait-s", type=float, default=30.0, help="how long to wait for the node")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="bound of each question")

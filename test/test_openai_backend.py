@@ -375,3 +375,28 @@ def test_unload_stops_the_loop_thread_and_load_restarts_it(scripted):
     engine.load()
     assert engine.answer(image(56, 56), "q?").reasoning.answer.option == "B"
     engine.unload()
+
+
+def test_without_the_openai_package_load_says_how_to_install_it(monkeypatch):
+    """`pip install .` (and requirements-robot.txt) leave the `remote` extra out."""
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai -> ImportError
+    engine = SpatialThinkerEngine(EngineConfig(backend="openai", base_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(ModelLoadError, match=r"pip install 'spatialthinker_ros\[remote\]'"):
+        engine.load()
+
+
+def test_cli_without_the_openai_package_is_one_line_and_exit_2(tmp_path):
+    Image.new("RGB", (56, 56)).save(tmp_path / "f.png")
+    code = (
+        "import sys; sys.modules['openai'] = None\n"
+        "from spatialthinker_ros.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "ask", str(tmp_path / "f.png"), "Where?", "--backend",
+         "openai", "--base-url", "http://127.0.0.1:9/v1"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "spatialthinker_ros[remote]" in done.stderr

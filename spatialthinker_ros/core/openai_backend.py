@@ -198,7 +198,13 @@ class OpenAIBackend:
         """Create the client (no request is sent: a server that is down fails the first answer)."""
         if self._client is not None:
             return
-        from openai import AsyncOpenAI
+        try:
+            from openai import AsyncOpenAI
+        except ImportError as exc:  # the `remote` extra: not in install_requires
+            raise ModelLoadError(
+                "the openai backend needs the openai client: pip install "
+                f"'spatialthinker_ros[remote]' (or pip install openai) ({exc})"
+            ) from exc
 
         # The key given here is a placeholder: each request reads the environment variable.
         self._runner = _EventLoopThread()

@@ -210,8 +210,8 @@ def test_behaviours_without_py_trees_say_how_to_install_it(
 # ---------------------------------------------------------------------------------- examples
 
 
-def run_example(name: str, namespace: str, ros_interfaces: Path,
-                wait_s: float = WAIT_S) -> subprocess.CompletedProcess:
+def run_example(name: str, namespace: str, ros_interfaces: Path, wait_s: float = WAIT_S,
+                args: list[str] | None = None) -> subprocess.CompletedProcess:
     """examples/<name> in its own process, with the interfaces the tests built."""
     env = dict(os.environ)
     site = next((ros_interfaces / "lib").glob("python3*/site-packages"), None)
@@ -221,9 +221,11 @@ def run_example(name: str, namespace: str, ros_interfaces: Path,
             [str(ros_interfaces / "lib"), env.get("LD_LIBRARY_PATH", "")])
         env["AMENT_PREFIX_PATH"] = os.pathsep.join(
             [str(ros_interfaces), env.get("AMENT_PREFIX_PATH", "")])
+    if args is None:
+        args = ["--namespace", namespace, "--wait-s", str(wait_s), "--max-image-age-s", "3600",
+                "--timeout-s", str(WAIT_S)]
     return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), "--namespace", namespace,
-         "--wait-s", str(wait_s), "--max-image-age-s", "3600", "--timeout-s", str(WAIT_S)],
+        [sys.executable, str(ROOT / "examples" / name), *args],
         capture_output=True, text=True, env=env, timeout=4 * WAIT_S, check=False)
 
 
@@ -253,3 +255,19 @@ def test_bt_example_ticks_its_tree_to_success(served: Harness, ros_interfaces: P
 def test_examples_exit_2_without_a_node(ros, ros_interfaces: Path, name: str) -> None:
     done = run_example(name, "/no_node_here", ros_interfaces, wait_s=1.0)
     assert done.returncode == 2 and "not running" in done.stderr
+
+
+@pytest.mark.parametrize("name, sentence_end", [
+    ("planner.py", "and on the objects' 3D positions."),
+    pytest.param("bt_tree.py", 'pip install "spatialthinker_ros[planner]").', marks=needs_py_trees),
+])
+def test_example_help_describes_it_in_whole_sentences(ros_interfaces: Path, name: str,
+                                                      sentence_end: str) -> None:
+    """--help: the docstring's first paragraph, not its first line cut mid-sentence; every
+    option explained."""
+    done = run_example(name, "", ros_interfaces, args=["--help"])
+    assert done.returncode == 0, done.stderr
+    assert sentence_end in " ".join(done.stdout.split())
+    for explained in ("the node's namespace", "how long to wait for the node", "bound of",
+                      "oldest acceptable camera frame"):
+        assert explained in done.stdout, explained
