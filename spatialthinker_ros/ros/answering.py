@@ -156,9 +156,11 @@ class Answerer:
             rgb = image_msg_to_rgb(frame.message, settings.engine.max_image_pixels)
         except ImageConversionError as exc:
             self._stats.image_error()
+            camera.converted(one_line(exc))
             self._node.get_logger().warning(f"bad camera frame: {exc}", throttle_duration_sec=5.0)
             return self.status(request, AnswerStatus.INFERENCE_ERROR,
                                one_line(f"camera image could not be converted: {exc}"), header)
+        camera.converted()
         source_size = (int(rgb.shape[1]), int(rgb.shape[0]))
         depth = None
         if settings.use_depth:

@@ -106,7 +106,8 @@ def _format_value(value: Any) -> str:
 def camera_status(node_name: str, report: CameraReport, *, active: bool, state: str,
                   max_image_age_s: float) -> DiagnosticStatus:
     """`<node>: camera <name>` (`<node>: camera` for the unnamed one): WARN while active with no
-    frame yet or a newest frame older than max_image_age_s (a stopped camera), OK otherwise."""
+    frame yet, a newest frame older than max_image_age_s (a stopped camera), or when the last
+    frame the model took up could not be converted (a wrong encoding); OK otherwise."""
     name = f"{node_name}: camera {report.name}" if report.name else f"{node_name}: camera"
     status = DiagnosticStatus(name=name, hardware_id=report.topic)
     age = report.newest_frame_age_s
@@ -118,6 +119,9 @@ def camera_status(node_name: str, report: CameraReport, *, active: bool, state: 
         status.level = DiagnosticStatus.WARN
         status.message = (f"stale: newest frame {age:.1f} s old "
                           f"(max_image_age_s {max_image_age_s:g})")
+    elif report.conversion_error:
+        status.level = DiagnosticStatus.WARN
+        status.message = f"frames cannot be converted: {report.conversion_error}"
     else:
         status.level, status.message = DiagnosticStatus.OK, "receiving"
     values = {
@@ -126,6 +130,7 @@ def camera_status(node_name: str, report: CameraReport, *, active: bool, state: 
         "frames_received": report.frames_received,
         "frames_dropped": report.frames_dropped,
         "newest_frame_age_s": "none" if age is None else age,
+        "conversion_errors": report.conversion_errors,
     }
     status.values = [KeyValue(key=k, value=_format_value(v)) for k, v in values.items()]
     return status

@@ -45,6 +45,8 @@ class CameraReport:
     frames_received: int
     frames_dropped: int
     newest_frame_age_s: float | None  # by stamp or receipt, whichever is older; None: no frame
+    conversion_errors: int = 0  # frames the node took up but could not convert to pixels
+    conversion_error: str = ""  # why the last frame taken up could not be ("" when it could)
 
 
 @dataclass
@@ -59,6 +61,13 @@ class Camera:
     )
     camera_info: CameraInfo | None = None
     image_topic: str = ""  # resolved, once subscribed
+    conversion_errors: int = 0
+    conversion_error: str = ""  # set and cleared by the worker for each frame it converts
+
+    def converted(self, error: str = "") -> None:
+        """The worker took up a frame of this camera: `error` says why it could not convert it."""
+        self.conversion_error = error
+        self.conversion_errors += bool(error)
 
     def topic(self, base: str) -> str:
         return topics.camera_topic(self.name, base)
@@ -67,7 +76,8 @@ class Camera:
         stats = self.images.stats
         frame = self.images.peek()
         age = None if frame is None else frame.staleness_s(now_s)
-        return CameraReport(self.name, self.image_topic, stats.received, stats.dropped, age)
+        return CameraReport(self.name, self.image_topic, stats.received, stats.dropped, age,
+                            self.conversion_errors, self.conversion_error)
 
     def clear(self) -> None:
         self.images.clear()

@@ -262,9 +262,11 @@ class Harness:
         future = self.ask_async(question, choices, **kwargs)
         return wait_future(future, what="the ask service").answer
 
-    def diagnostics(self, predicate: Callable[[dict[str, str]], bool] = lambda v: True):
-        """The values of the newest /diagnostics status of this node satisfying `predicate`."""
-        name = f"{self.node.get_fully_qualified_name()}: inference"
+    def diagnostics(self, predicate: Callable[[dict[str, str]], bool] = lambda v: True,
+                    status: str = "inference"):
+        """The values of the newest /diagnostics status `<node>: <status>` of this node
+        satisfying `predicate`."""
+        name = f"{self.node.get_fully_qualified_name()}: {status}"
 
         def find() -> dict[str, str] | None:
             for msg in reversed(self.messages("diagnostics")):

@@ -20,6 +20,7 @@ pytest.importorskip("rclpy")
 
 import rclpy  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from test_node import (  # noqa: E402
@@ -255,9 +256,18 @@ def test_hostile_frames_each_get_one_answer_about_their_own_header(make_harness)
         assert answer.header.stamp == msg.header.stamp
         assert answer.header.frame_id == msg.header.frame_id
         assert answer.request_id == msg.header.frame_id
+        if msg.header.frame_id == "bayer":  # the camera's diagnostics say why, not "receiving"
+            camera = harness.diagnostics(lambda v: "bayer_rggb8" in v["_message"],
+                                         status="camera")
+            assert camera["_level"] == DiagnosticStatus.WARN
+            assert camera["_message"].startswith("frames cannot be converted: unsupported")
     stats = harness.node.stats_snapshot()
     assert stats["inference_errors"] == len(refused)
     assert stats["image_conversion_errors"] == len(refused) - 1  # the sliver decodes
+    deliver(harness, rgb8(stamp_at(harness, 0), "good again"))
+    assert harness.ask().status in (a.STATUS_OK, a.STATUS_PARTIAL)
+    camera = harness.diagnostics(lambda v: v["_message"] == "receiving", status="camera")
+    assert int(camera["conversion_errors"]) == len(refused) - 1
 
     # A burst on both topics while requests arrive: each answer is about one frame that was
     # published, with that frame's own header (stamp and frame_id together).
