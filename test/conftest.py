@@ -100,3 +100,15 @@ def served_model(fitted_model_dir):
         if "not installed" in str(exc):
             pytest.skip(str(exc))
         pytest.fail(str(exc))
+
+
+@pytest.fixture()
+def server():
+    """A scripted OpenAI-compatible server (test/servers) answering `(A) left` unless a test
+    scripts more."""
+    from servers.scripted_openai import ScriptedOpenAIServer
+
+    s = ScriptedOpenAIServer().start()
+    s.script.chunks = ["<answer> (A) left </answer>"]
+    yield s
+    s.stop()

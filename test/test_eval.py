@@ -78,15 +78,6 @@ def fitted_engine(fitted_model_dir):
     engine.unload()
 
 
-@pytest.fixture()
-def server():
-    """A scripted OpenAI-compatible server answering `(A) left` unless a test scripts more."""
-    s = ScriptedOpenAIServer().start()
-    s.script.chunks = ["<answer> (A) left </answer>"]
-    yield s
-    s.stop()
-
-
 def remote_args(server: ScriptedOpenAIServer) -> list[str]:
     return ["--backend", "openai", "--base-url", server.base_url, "--model", "scripted"]
 

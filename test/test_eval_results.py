@@ -5,29 +5,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from servers.scripted_openai import ScriptedOpenAIServer
+from test_eval import remote_args, run_main
 
-from spatialthinker_ros.cli import main
 from spatialthinker_ros.testing import benchmark_files as bf
-
-
-@pytest.fixture()
-def server():
-    s = ScriptedOpenAIServer().start()
-    s.script.chunks = ["<answer> (A) left </answer>"]
-    yield s
-    s.stop()
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["eval", *args, "--quiet"])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def remote_args(server: ScriptedOpenAIServer) -> list[str]:
-    return ["--backend", "openai", "--base-url", server.base_url, "--model", "scripted"]
 
 
 def unloadable(tmp_path) -> str:
