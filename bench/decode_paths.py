@@ -26,20 +26,10 @@ QUESTION = ("Where is the cube relative to the ball?", ("left", "right"))
 LOOKUPS = (5, 10, 20)
 
 
-class ForwardCounter:
-    def __init__(self, module):
-        self.count = 0
-        self._handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
 def run(engine, image, repeats: int, stop_after: str = ""):
     """(result, forward passes of one run, Stats of wall time)."""
+    from spatialthinker_ros.testing.forward_counter import ForwardCounter
+
     counter = ForwardCounter(engine.backend.model)
     result = engine.answer(image, *QUESTION, stop_after=stop_after)
     counter.close()

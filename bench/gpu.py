@@ -528,6 +528,8 @@ def run(args, report: Report, cuda: bool) -> None:
     started = time.perf_counter()
     if budget_left() > 30:
         try:
+            from spatialthinker_ros.testing.forward_counter import ForwardCounter
+
             forward_rows = []
             for k in (0, LOOKUP_TOKENS):
                 set_lookup(eager, k)
@@ -605,19 +607,6 @@ def verdict(report: Report, rates: dict, ceiling: float) -> None:
     report.line()
 
 
-class ForwardCounter:
-    """Counts a module's forward calls (eager paths only: a hook inside a compiled graph would
-    change what is measured)."""
-
-    def __init__(self, module):
-        self.count = 0
-        self._handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 def many(report, args, clock, eager, model, card_processor, image, n, peaks) -> None:

@@ -27,6 +27,7 @@ from spatialthinker_ros.core.engine import (
 from spatialthinker_ros.core.prompt import PromptStyle, build_prompt
 from spatialthinker_ros.core.scene import ParseStatus
 from spatialthinker_ros.core.text import safe_text
+from spatialthinker_ros.testing.forward_counter import ForwardCounter
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
 
 COMPILE_TIMEOUT_S = 1800
@@ -56,18 +57,6 @@ def answers(engine: SpatialThinkerEngine) -> list[tuple[int, ...]]:
             for i, (size, q, c) in enumerate(INPUTS)]  # fmt: skip
 
 
-class ForwardCounter:
-    """Counts the model's forward passes (a hook on the top-level module)."""
-
-    def __init__(self, model):
-        self.count = 0
-        self._handle = model.register_forward_hook(self._hook)
-
-    def _hook(self, *args) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 @pytest.fixture(scope="module")
