@@ -16,6 +16,7 @@ import numpy as np
 from .geometry import Size, map_box
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, depth_to_meters
 from .scene import Box, SceneGraph
+from .text import one_line
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,16 @@ class AlignedDepth:
         camera_info: Any | None,
         image_size: Size,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        missing: str = "",
     ) -> None:
+        """`missing`: why `depth` or `camera_info` is None, when the caller knows."""
         self._depth = depth
         self._info = camera_info
         self._image_size = image_size
         self._max_pixels = max_pixels
         self._meters: np.ndarray | None = None
         self._intrinsics: CameraIntrinsics | None = None
-        self.error = ""
+        self.error = missing
 
     @property
     def available(self) -> bool:
@@ -126,6 +129,17 @@ class AlignedDepth:
             return False
         self._meters, self._intrinsics = meters, intrinsics
         return True
+
+    def note(self, graph: SceneGraph) -> str:
+        """Why objects of `graph` with a box got no 3D position, one line; "" when all have one."""
+        missing = [obj.id for obj in graph.objects if obj.box is not None and obj.position is None]
+        if not missing:
+            return ""
+        if self.error:
+            return one_line(f"no 3D positions: {self.error}")
+        more = ", ..." if len(missing) > 5 else ""
+        names = ", ".join(repr(name) for name in missing[:5]) + more
+        return one_line(f"no 3D position for {names}: too few valid depth pixels in the box")
 
     def locate(self, graph: SceneGraph) -> SceneGraph:
         """`graph` with a 3D position on every object whose box has enough valid depth."""

@@ -17,7 +17,6 @@ from rclpy.lifecycle import LifecycleNode
 
 from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
 
-from ..core.depth import AlignedDepth
 from ..core.images import ImageConversionError
 from ..core.outputs import AnswerOutputs, MarkerSource, Request
 from ..core.scene import SceneGraph
@@ -50,17 +49,6 @@ class AskRequest:
     @property
     def echo(self) -> Request:
         return Request(self.question, self.choices, self.request_id, self.camera)
-
-
-def depth_note(depth: AlignedDepth, graph: SceneGraph) -> str:
-    """Why objects with a box got no 3D position (use_depth), one line; "" when all have one."""
-    missing = [obj.id for obj in graph.objects if obj.box is not None and obj.position is None]
-    if not missing:
-        return ""
-    if depth.error:
-        return one_line(f"no 3D positions: {depth.error}")
-    names = ", ".join(repr(name) for name in missing[:5]) + (", ..." if len(missing) > 5 else "")
-    return one_line(f"no 3D position for {names}: too few valid depth pixels in the box")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -184,7 +172,7 @@ class Answerer:
         streamed = outputs.streamed
         scene, answer = outputs.answer(result)
         if depth is not None:
-            note = depth_note(depth, scene.graph)
+            note = depth.note(scene.graph)
             if note:
                 answer.status_message = "; ".join(m for m in (answer.status_message, note) if m)
         if scene is not streamed:  # `</scene>` never closed, or the final graph differs

@@ -89,15 +89,15 @@ class Camera:
         """The depth frame closest to `stamp_s` (within the tolerance) with the newest
         CameraInfo; positions need both (`error` says which is missing)."""
         depth = self.depth.closest(stamp_s, tolerance_s)
-        aligned = AlignedDepth(depth, self.camera_info, image_size, max_pixels)
+        missing = ""
         if self.camera_info is None:
-            aligned.error = "no camera_info received"
+            missing = "no camera_info received"
         elif depth is None and len(self.depth) == 0:
-            aligned.error = "no depth frame received"
+            missing = "no depth frame received"
         elif depth is None:
-            aligned.error = (f"no depth frame stamped within depth_stamp_tolerance_s = "
-                             f"{tolerance_s:g} s of the image")
-        return aligned
+            missing = (f"no depth frame stamped within depth_stamp_tolerance_s = "
+                       f"{tolerance_s:g} s of the image")
+        return AlignedDepth(depth, self.camera_info, image_size, max_pixels, missing)
 
 
 class CameraIntake:
