@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .core.scene import SceneGraph
+from .core.scene import ParseStatus, SceneGraph
 from .core.status import AnswerStatus
 from .core.text import safe_text
 
@@ -56,12 +56,16 @@ def scene_lines(observation: str, graph: SceneGraph) -> list[str]:
 
 
 def answer_lines(option: str, text: str, choices: Sequence[str], matched_choice: str,
-                 status: AnswerStatus, message: str, stop_after: str) -> list[str]:
+                 status: AnswerStatus | ParseStatus, message: str,
+                 stop_after: str) -> list[str]:
+    """`status` as the local ask has always printed it: ok, partial, parse_error, ... (the
+    engine's ParseStatus or the node's AnswerStatus)."""
     answer = safe_text(f"({option}) {text}" if option else text)
     stopped = f" (stopped after the {stop_after.replace('_', ' ')})" if (
         stop_after and not answer) else ""
     lines = [f"answer:   {answer or '-'}{stopped}"]
     if choices:
         lines.append(f"matched:  {safe_text(matched_choice) or '(no choice matched)'}")
-    lines.append(f"status:   {status.value}" + (f" ({safe_text(message)})" if message else ""))
+    detail = f" ({safe_text(message)})" if message else ""
+    lines.append(f"status:   {status.name.lower()}{detail}")
     return lines

@@ -187,14 +187,15 @@ def test_a_node_that_is_not_active_is_one_line_busy(served: Harness) -> None:
         returncode, _out, err = ask(QUESTION, "--node", node_name(served))
     finally:
         assert served.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        served.header = served.send_frame(frame_id="cam_operator")  # deactivate drops frames
     assert returncode == 1
     assert f"BUSY: {node_name(served)} is inactive, not active" in error_line(err), err
 
 
 def test_timeout_cancels_and_is_one_line(served: Harness, gate: WatchedEngine) -> None:
     returncode, _out, err = ask(QUESTION, "--node", node_name(served), "--timeout", "20")
-    assert gate.entered.is_set()  # the node was generating when the client gave up
     assert returncode == 1
+    assert gate.entered.is_set(), err  # the node was generating when the client gave up
     assert "TIMEOUT: no answer within the client's timeout_s = " in error_line(err), err
     assert gate.stopped.wait(WAIT_S), "the node's generation was never told to stop"
 
