@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from spatialthinker_ros.cli import build_parser
-from spatialthinker_ros.ros.ask_node import DEFAULT_NODE, action_name, usage_problem
+from spatialthinker_ros.ros.ask_node import (
+    DEFAULT_NODE,
+    action_name,
+    ros2_run_argv,
+    usage_problem,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +36,15 @@ def test_node_takes_the_question_as_its_only_positional(argv, node, question) ->
     args = parse(*argv)
     assert usage_problem(args) is None
     assert (args.node, args.question, args.image) == (node, question, None)
+
+
+def test_ros2_run_ask_always_asks_the_node() -> None:
+    args = build_parser().parse_args(ros2_run_argv(["Is the door open?", "--choices", "yes", "no"]))
+    assert usage_problem(args) is None
+    assert (args.node, args.question, args.choices) == (DEFAULT_NODE, "Is the door open?",
+                                                        ["yes", "no"])
+    args = build_parser().parse_args(ros2_run_argv(["q", "--node", "/robot/spatialthinker_node"]))
+    assert usage_problem(args) is None and args.node == "/robot/spatialthinker_node"
 
 
 def test_the_action_is_ask_in_the_nodes_namespace() -> None:

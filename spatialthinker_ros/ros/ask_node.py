@@ -312,12 +312,10 @@ class _Session:
             self.node.destroy_client(service)
 
 
-def ros2_run_main(argv: Sequence[str]) -> int:
-    """`ros2 run spatialthinker_ros ask QUESTION [--node NAME] [options]`: always the live
-    node (the default one unless --node names another)."""
-    from ..cli import main
-
+def ros2_run_argv(argv: Sequence[str]) -> list[str]:
+    """The CLI arguments of `ros2 run spatialthinker_ros ask QUESTION [--node NAME] [options]`:
+    always the live node (the default one unless --node names another)."""
     argv = list(argv)
     if not any(a == "--node" or a.startswith("--node=") for a in argv):
         argv.append("--node")
-    return main(["ask", *argv])
+    return ["ask", *argv]
