@@ -153,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser(
-        "ask", help="answer a spatial question about an image file (or ask the live node)")
-    ask.add_argument("image", type=Path, nargs="?", help="image file (JPEG, PNG, ...)")
+        "ask", help="answer a spatial question about an image file (or ask the live node)",
+        usage="%(prog)s IMAGE QUESTION [options]\n       %(prog)s QUESTION --node [NAME] "
+        "[options]")
+    ask.add_argument("image", type=Path, nargs="?",
+                     help="image file (JPEG, PNG, ...); none with --node")
     ask.add_argument("question", nargs="?")
     ask.add_argument(
         "--choices", nargs="+", metavar="CHOICE", help="answer options: (A) ... (B) ..."

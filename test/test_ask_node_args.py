@@ -99,3 +99,22 @@ def test_the_local_ask_runs_without_rclpy(fitted_model_dir, tmp_path) -> None:
     # The layout the live node's ask shares (ask_layout): observation and graph, then answer.
     assert lines[2].startswith("observation: A red cube") and lines[3].startswith("scene graph")
     assert lines.index("answer:   (A) left") > lines.index("  cube.1 --left of--> ball.1")
+
+
+def test_the_shared_layout_prints_positions_and_no_terminal_controls() -> None:
+    from spatialthinker_ros.ask_layout import answer_lines, scene_lines
+    from spatialthinker_ros.core.scene import Box, Relation, SceneGraph, SceneObject
+    from spatialthinker_ros.core.status import AnswerStatus
+
+    graph = SceneGraph(objects=(SceneObject("mug.1", "mug\x1b[2J", Box(1, 2, 30, 40),
+                                            (0.1, -0.25, 1.5)),
+                                SceneObject("lap.1", "laptop")),
+                       relations=(Relation("mug.1", "left of", "lap.1"),),
+                       image_width=64, image_height=48)
+    lines = scene_lines("a mug\nnext to\ta laptop", graph)
+    assert lines[0] == "observation: a mug next to a laptop"
+    assert lines[1] == "scene graph (64 x 48 px):"
+    assert lines[2].endswith("[1, 2, 30, 40] at (0.10, -0.25, 1.50) m") and "\x1b" not in lines[2]
+    assert lines[3].endswith("no box") and lines[4] == "  mug.1 --left of--> lap.1"
+    assert answer_lines("B", "right", ["left", "right"], "right", AnswerStatus.PARTIAL, "why",
+                        "") == ["answer:   (B) right", "matched:  right", "status:   partial (why)"]

@@ -240,10 +240,10 @@ class _Session:
         self.printer.out(question_lines(self.args.question, self.args.choices or ()))
         if not self._wait_until_ready(min(timeout_s, DISCOVERY_S)):
             return _error(UNAVAILABLE, self._why_unavailable())
+        state = self._lifecycle_state()
         if self.interrupts.requested.is_set():
             return _error(AnswerStatus.CANCELED.name, "interrupted before the question was "
                           "sent", EXIT_INTERRUPTED)
-        state = self._lifecycle_state()
         if state not in (None, "active"):
             return _error(AnswerStatus.BUSY.name, f"{self.target} is {state}, not active (ros2 "
                           f"lifecycle set {self.target} activate)")
