@@ -59,6 +59,7 @@ setup(
             "transformers[serving]>=5,<6",  # a real OpenAI-compatible server for the remote tests
             "pyarrow>=14",  # the eval tests write and read benchmark parquet files
             "py-trees>=2.2",  # the behaviour-tree tests tick a real tree
+            "foxglove-sdk>=0.30",  # its typed panel models check the shipped Foxglove layout
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},

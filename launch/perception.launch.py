@@ -14,13 +14,17 @@ remappings:="wrist/image:=/usb_cam/image_raw" (spatialthinker_ros/ros/launch_arg
 Parameters come from `config_file` (config/perception.yaml by default); the launch arguments
 model, device, autostart, use_depth and use_compressed override it when given. With
 autostart:=false the node waits unconfigured: `ros2 lifecycle set /spatialthinker_node configure`,
-then `activate`.
+then `activate`. rviz:=true also starts RViz2 with the installed config/spatialthinker.rviz (one
+debug image display per camera, topics in the node's namespace: spatialthinker_ros/ros/
+rviz_config.py).
 """
+
+from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from spatialthinker_ros.ros.launch_args import (
@@ -29,6 +33,7 @@ from spatialthinker_ros.ros.launch_args import (
     parse_camera_list,
     parse_remappings,
 )
+from spatialthinker_ros.ros.rviz_config import RVIZ_FILE, rviz_config_file
 
 PACKAGE = "spatialthinker_ros"
 EXECUTABLE = "spatialthinker_node"
@@ -57,6 +62,8 @@ ARGUMENTS = (
     ("question", "question", "Standing question topic (std_msgs/String)"),
     ("use_sim_time", "false", "Use /clock (bag replay, simulation)"),
     ("log_level", "info", "Logging level: debug, info, warn, error, fatal"),
+    ("rviz", "false", "true: also start RViz2 with the installed config/spatialthinker.rviz "
+     "(every camera's debug image and the markers)"),
 )
 BOOLEAN_OVERRIDES = ("use_depth", "use_compressed")
 # Seconds launch waits after its SIGINT before escalating to SIGTERM (launch's default is 5): the
@@ -106,7 +113,15 @@ def _launch_node(context, *_args, **_kwargs):
         arguments=["--ros-args", "--log-level", arg("log_level")],
         sigterm_timeout=SIGTERM_TIMEOUT_S,
     )
-    return [node]
+    if not _is_true(arg("rviz")):
+        return [node]
+    shipped = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", RVIZ_FILE])
+    config = rviz_config_file(Path(shipped.perform(context)), arg("namespace"), cameras,
+                              parse_remappings(arg("remappings")))
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                arguments=["-d", str(config)],
+                parameters=[{"use_sim_time": overrides["use_sim_time"]}])
+    return [node, rviz]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -16,39 +16,25 @@ from .arguments import (
     engine_config_from_args,
     fail,
 )
+from .ask_layout import answer_lines, question_lines, scene_lines
 from .core.engine import SpatialThinkerEngine
 from .core.text import one_line
 from .core.types import EngineError, Result
 from .evaluation.cli import DESCRIPTION, add_eval_arguments, eval_main
 from .replay import add_replay_arguments, replay_main
+from .ros.ask_node import add_node_arguments, ask_node_main, local_problem, wants_node
 from .sample_bag import add_make_sample_bag_arguments, make_sample_bag_main
 
 
 def format_result(result: Result) -> str:
-    """Human-readable answer, scene graph and timings."""
+    """Human-readable answer, scene graph and timings (the layout of `ask_layout`)."""
     r = result.reasoning
-    lines = [f"question: {result.question}"]
-    if result.choices:
-        lines.append("choices:  " + ", ".join(result.choices))
-    answer = f"({r.answer.option}) {r.answer.text}" if r.answer.option else r.answer.text
-    stopped = f" (stopped after the {result.stop_after.replace('_', ' ')})" if (
-        result.stop_after and not answer) else ""
-    lines.append(f"answer:   {answer or '-'}{stopped}")
-    if result.choices:
-        lines.append(f"matched:  {r.answer.matched_choice or '(no choice matched)'}")
-    status = r.status.value + (f" ({r.message})" if r.message else "")
-    lines.append(f"status:   {status}")
-    g = r.scene_graph
-    lines.append(f"scene graph ({g.image_width} x {g.image_height} px):")
-    for o in g.objects:
-        box = (
-            "no box"
-            if o.box is None
-            else "[" + ", ".join(f"{v:.0f}" for v in o.box.as_list()) + "]"
-        )
-        lines.append(f"  {o.id:<16} {o.label:<12} {box}")
-    for rel in g.relations:
-        lines.append(f"  {rel.subject} --{rel.predicate}--> {rel.object}")
+    lines = [
+        *question_lines(result.question, result.choices),
+        *scene_lines(r.observation, r.scene_graph),
+        *answer_lines(r.answer.option, r.answer.text, result.choices, r.answer.matched_choice,
+                      r.status, r.message, result.stop_after),
+    ]
     t = result.timings
     lines.append(
         f"model input {result.model_size[0]} x {result.model_size[1]}, "
@@ -100,6 +86,11 @@ def ask_main(args: argparse.Namespace) -> int:
     from .core.images import FILE_FORMATS, ImageConversionError, decode_compressed
     from .core.serialize import result_to_dict
 
+    if wants_node(args):  # the live node instead of a local model (rclpy only there)
+        return ask_node_main(args)
+    problem = local_problem(args)
+    if problem is not None:
+        return fail(problem)
     config = engine_config_from_args(args)
     if args.annotate is not None:
         problem = output_file_problem(args.annotate)
@@ -161,9 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ask = sub.add_parser("ask", help="answer a spatial question about an image file")
-    ask.add_argument("image", type=Path, help="image file (JPEG, PNG, ...)")
-    ask.add_argument("question")
+    ask = sub.add_parser(
+        "ask", help="answer a spatial question about an image file (or ask the live node)",
+        usage="%(prog)s IMAGE QUESTION [options]\n       %(prog)s QUESTION --node [NAME] "
+        "[options]")
+    ask.add_argument("image", type=Path, nargs="?",
+                     help="image file (JPEG, PNG, ...); none with --node")
+    ask.add_argument("question", nargs="?")
     ask.add_argument(
         "--choices", nargs="+", metavar="CHOICE", help="answer options: (A) ... (B) ..."
     )
@@ -173,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="print the model's text to stderr as it comes"
     )
     add_stop_after_argument(ask)
+    add_node_arguments(ask)
     add_engine_arguments(ask)
     ask.set_defaults(func=ask_main)
 

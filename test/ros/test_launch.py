@@ -195,6 +195,13 @@ def test_launch_overrides_name_node_parameters() -> None:
 def _launch_node(**arguments: str):
     """The launch file's node for these arguments (the others at their defaults) and the launch
     context; skips where the launch system is not installed."""
+    (node, *_others), context = _launch_entities(**arguments)
+    return node, context
+
+
+def _launch_entities(**arguments: str):
+    """Every action the launch file's OpaqueFunction returns for these arguments (the node
+    first), and the launch context."""
     if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
         pytest.skip(NO_LAUNCH)
     # Runs where ROS 2 is installed (CI); launch is not on PyPI.
@@ -214,8 +221,7 @@ def _launch_node(**arguments: str):
             context.launch_configurations[argument.name] = value
     context.launch_configurations.update(arguments)
     (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
-    (node,) = opaque.execute(context)
-    return node, context
+    return opaque.execute(context), context
 
 
 def test_launch_description_loads_with_launch_ros() -> None:
@@ -249,6 +255,85 @@ def test_launch_description_remaps_several_cameras() -> None:
     assert {"head/image", "wrist/image"} <= {a for a, _ in node.expanded_remapping_rules}
     with pytest.raises(ValueError, match="same topic"):
         _launch_node(cameras="head,wrist", image="/camera/image_raw")
+
+
+def _rviz(**arguments: str) -> tuple[Any, list[str]]:
+    """The rviz2 node the launch adds for these arguments, and its command line after the
+    executable (the executable itself is not looked up: RViz is not installed here)."""
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+    from launch_ros.actions import Node
+
+    entities, context = _launch_entities(**arguments)
+    (rviz,) = entities[1:]
+    assert isinstance(rviz, Node)
+
+    def text(value) -> str:
+        return perform_substitutions(context, normalize_to_list_of_substitutions(value))
+
+    assert (text(rviz.node_package), text(rviz.node_executable)) == ("rviz2", "rviz2")
+    argv = []
+    for part in rviz.cmd[1:]:  # up to the ROS arguments (filled in when the process starts)
+        argv.append(perform_substitutions(context, part))
+        if argv[-1] == "--ros-args":
+            break
+    return rviz, argv
+
+
+def test_launch_starts_rviz_only_with_rviz_true() -> None:
+    entities, _context = _launch_entities()
+    assert len(entities) == 1  # the node alone: rviz defaults to false
+    assert launch_arguments()["rviz"].startswith("true: also start RViz2")
+
+
+def test_rviz_true_opens_the_installed_config(ros_interfaces) -> None:
+    from ament_index_python.packages import get_package_share_directory
+
+    from spatialthinker_ros.ros.rviz_config import shown_topics
+
+    _rviz_node, argv = _rviz(rviz="true")
+    assert argv[0] == "-d", argv
+    installed = Path(get_package_share_directory("spatialthinker_ros")) / "config"
+    assert Path(argv[1]) == installed / "spatialthinker.rviz" and Path(argv[1]).is_file()
+    assert shown_topics(Path(argv[1]).read_text()) == (["/debug_image"], ["/markers"])
+
+
+def test_rviz_true_with_several_cameras_shows_every_debug_image(ros_interfaces) -> None:
+    """Two cameras in a namespace: a config derived from the installed one at launch time."""
+    from ament_index_python.packages import get_package_share_directory
+
+    from spatialthinker_ros.ros import topics
+    from spatialthinker_ros.ros.rviz_config import shown_topics
+
+    _rviz_node, argv = _rviz(rviz="true", cameras="head,wrist", namespace="robot",
+                             image="/{camera}/color/image_raw")
+    derived = yaml.safe_load(Path(argv[1]).read_text())
+    installed = yaml.safe_load((Path(get_package_share_directory("spatialthinker_ros"))
+                                / "config" / "spatialthinker.rviz").read_text())
+    expected = [f"/robot/{topics.camera_topic(c, topics.DEBUG_IMAGE)}" for c in ("head", "wrist")]
+    assert shown_topics(Path(argv[1]).read_text()) == (expected, ["/robot/markers"])
+    names = [d["Name"] for d in derived["Visualization Manager"]["Displays"]]
+    assert len(set(names)) == len(names)  # RViz keys its panels by display name
+    # Everything else is the installed file's: fixed frame, views, the other displays.
+    for key in ("Global Options", "Views"):
+        assert derived["Visualization Manager"][key] == installed["Visualization Manager"][key]
+    kept = {d["Class"] for d in installed["Visualization Manager"]["Displays"]}
+    assert {d["Class"] for d in derived["Visualization Manager"]["Displays"]} == kept
+    # The cameras of the parameter file count as well.
+    _rviz_node, argv = _rviz(rviz="true", config_file=str(TWO_CAMERAS_FILE))
+    assert shown_topics(Path(argv[1]).read_text())[0] == ["/head/debug_image",
+                                                          "/wrist/debug_image"]
+
+
+def test_rviz_topics_follow_the_remappings_of_the_launch() -> None:
+    from spatialthinker_ros.ros.rviz_config import derive_config, resolve, shown_topics
+
+    rules = [("head/debug_image", "/viz/head"), ("/robot/markers", "boxes")]
+    assert resolve("robot", "head/debug_image", rules) == "/viz/head"
+    assert resolve("robot", "markers", rules) == "/robot/boxes"  # a relative target: in the ns
+    assert resolve("", "debug_image") == "/debug_image"
+    derived = derive_config(RVIZ_FILE.read_text(), "/robot/", ["head", "arm/wrist"], rules)
+    assert shown_topics(derived) == (["/viz/head", "/robot/arm/wrist/debug_image"],
+                                     ["/robot/boxes"])
 
 
 # ------------------------------------------------------------------ parameter file

@@ -69,7 +69,7 @@ def readme_commands(verb: str) -> list[list[str]]:
 def test_readme_ros2_commands_are_all_exercised_here() -> None:
     """A README command with a verb this module does not run would go untested: fail instead."""
     verbs = {shlex.split(c)[1] for c in readme_ros2_commands()}
-    assert {"launch", "service", "action", "topic", "lifecycle", "param"} <= verbs
+    assert {"launch", "service", "action", "topic", "lifecycle", "param", "run"} <= verbs
     assert verbs <= EXERCISED_VERBS, f"README ros2 verbs not run here: {verbs - EXERCISED_VERBS}"
 
 
@@ -308,6 +308,22 @@ def test_every_readme_launch_line_names_declared_arguments(ros2, launched) -> No
         assert names <= declared, f"undeclared launch arguments {names - declared}"
 
 
+def test_readme_ros2_run_ask_prints_the_answer(ros2, launched) -> None:
+    """`ros2 run spatialthinker_ros ask ...` (the installed lib/spatialthinker_ros/ask: the CLI's
+    `ask --node`) against the launched node, through its action."""
+    (args,) = readme_commands("run")
+    assert args[:3] == ["run", "spatialthinker_ros", "ask"], args
+    output = run_ros2(ros2, args)
+    lines = output.splitlines()
+    assert lines[0] == f"question: {args[3]}", output
+    assert re.search(r"^answer:   \([A-Z]\) \S", output, re.MULTILINE), output
+    assert re.search(r"^status:   (ok|partial)", output, re.MULTILINE), output
+    assert re.search(r"^camera:   .*, frame camera_color_optical_frame, stamp \d+\.\d{9}$",
+                     output, re.MULTILINE), output
+    assert lines.index(next(x for x in lines if x.startswith("scene graph ("))) < lines.index(
+        next(x for x in lines if x.startswith("answer:"))), output
+
+
 def test_ctrl_c_on_the_process_group_ends_cleanly(ros2, launched) -> None:
     """Last test of the module: SIGINT to the launch's process group, as a terminal sends it."""
     # The node answers first, so the SIGINT meets a node that has run inference.
@@ -327,4 +343,4 @@ def test_ctrl_c_on_the_process_group_ends_cleanly(ros2, launched) -> None:
     assert "SIGINT received: shutting down" in log and "shut down cleanly" in log, log
 
 
-EXERCISED_VERBS = {"launch", "service", "action", "topic", "lifecycle", "param"}
+EXERCISED_VERBS = {"launch", "service", "action", "topic", "lifecycle", "param", "run"}
