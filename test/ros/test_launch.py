@@ -260,10 +260,11 @@ def test_launch_description_remaps_several_cameras() -> None:
 def _rviz(**arguments: str) -> tuple[Any, list[str]]:
     """The rviz2 node the launch adds for these arguments, and its command line after the
     executable (the executable itself is not looked up: RViz is not installed here)."""
+    entities, context = _launch_entities(**arguments)  # skips without the launch system
+    # After the skip: the repository's launch/ folder is a namespace package named `launch`.
     from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
     from launch_ros.actions import Node
 
-    entities, context = _launch_entities(**arguments)
     (rviz,) = entities[1:]
     assert isinstance(rviz, Node)
 
