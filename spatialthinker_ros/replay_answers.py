@@ -151,7 +151,7 @@ class FrameAnswerer:
                                        should_stop=self.stop.is_set, stop_after=c.stop_after)]
         # The image and the shared prompt prefix are encoded once for all questions.
         return self.engine.answer_many(rgb, [(q, c.choices) for q in c.questions],
-                                       stop_after=c.stop_after)
+                                       stop_after=c.stop_after, should_stop=self.stop.is_set)
 
     def _record(self, topic: str, msgtype: str, msg) -> BagRecord:
         return BagRecord(topic, msgtype, self.store.serialize_cdr(msg, msgtype))

@@ -33,6 +33,7 @@ from .transformers_backend import TransformersBackend
 from .types import (
     STOP_AFTER,
     STOP_AFTER_SCENE_GRAPH,
+    BackendTimeout,
     EngineError,
     Generation,
     GenerationBackend,
@@ -176,6 +177,37 @@ class _SceneWatcher:
             self._on_text(delta)
 
 
+class CallDeadline:
+    """`should_stop` for one engine call: the caller's (cancel, its own deadline) or this
+    call's `timeout_s`, one deadline for everything inside the call (every question of
+    `answer_many`)."""
+
+    def __init__(self, timeout_s: float, should_stop: StopCallback | None = None,
+                 who: str = "the model") -> None:
+        self.at = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self.who = who
+        self.should_stop = should_stop
+        self.expired = False
+
+    def __call__(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            return True
+        if time.monotonic() >= self.at:
+            self.expired = True
+        return self.expired
+
+    def run(self, call: Callable):
+        """`call()`; a stop this deadline caused is a BackendTimeout."""
+        try:
+            return call()
+        except GenerationStopped:
+            if self.expired and not (self.should_stop is not None and self.should_stop()):
+                raise BackendTimeout(
+                    f"{self.who} did not answer within {self.timeout_s:g} s") from None
+            raise
+
+
 class SpatialThinkerEngine:
     """Loads SpatialThinker (or any Qwen2.5-VL directory) and answers spatial questions."""
 
@@ -300,6 +332,7 @@ class SpatialThinkerEngine:
         stop_after="scene_graph" ends generation right there: the result holds the observation
         and the scene graph, no thought and no answer, status OK when both are well formed."""
         t0 = time.perf_counter()
+        stop = self._deadline(should_stop)
         choices_t = tuple(choices or ())
         self.check_question(question, choices_t)
         self.check_stop_after(stop_after)
@@ -311,27 +344,30 @@ class SpatialThinkerEngine:
         preprocess_s = time.perf_counter() - t0
         with self._generation_slot():
             self._require_loaded()
-            generation = self._guarded(
+            generation = stop.run(lambda: self._guarded(
                 lambda: self.backend.generate(
                     prepared.image,
                     prompt,
                     max_new_tokens=self.config.max_new_tokens,
                     on_text=watcher or on_text,
-                    should_stop=should_stop,
+                    should_stop=stop,
                     end_when=SceneGraphEnd() if stop_after else None,
                 )
-            )
+            ))
         streamed = watcher.graph if watcher is not None else None
         return self.finish(generation, prepared, question, choices_t, preprocess_s, streamed,
                            stop_after)
 
     def answer_many(self, image: ImageInput, questions: Sequence[QuestionInput], *,
-                    stop_after: str = "") -> list[Result]:
+                    stop_after: str = "", should_stop: StopCallback | None = None,
+                    ) -> list[Result]:
         """Answer several questions about one image; the backend shares the image prefix.
-        `stop_after` as for `answer`, for every question."""
+        `stop_after` and `should_stop` as for `answer`, for every question; `timeout_s` bounds
+        the whole call (one deadline for all the questions)."""
         if not questions:
             return []
         t0 = time.perf_counter()
+        stop = self._deadline(should_stop)
         self.check_stop_after(stop_after)
         items = [_normalise_question(q) for q in questions]
         for question, choices in items:
@@ -341,14 +377,15 @@ class SpatialThinkerEngine:
         preprocess_s = time.perf_counter() - t0
         with self._generation_slot():
             self._require_loaded()
-            generations = self._guarded(
+            generations = stop.run(lambda: self._guarded(
                 lambda: self.backend.generate_many(
                     prepared.image,
                     prompts,
                     max_new_tokens=self.config.max_new_tokens,
                     end_when=SceneGraphEnd if stop_after else None,
+                    should_stop=stop,
                 )
-            )
+            ))
         return [
             self.finish(g, prepared, q, c, preprocess_s / len(items), stop_after=stop_after)
             for g, (q, c) in zip(generations, items, strict=True)
@@ -360,6 +397,10 @@ class SpatialThinkerEngine:
         problem = stop_after_problem(stop_after)
         if problem is not None:
             raise InvalidQuestion(problem)
+
+    def _deadline(self, should_stop: StopCallback | None) -> CallDeadline:
+        who = self.backend.describe().get("base_url") or "the model"
+        return CallDeadline(self.config.timeout_s, should_stop, who)
 
     def _generation_slot(self):
         return self._lock if self._lock is not None else contextlib.nullcontext()

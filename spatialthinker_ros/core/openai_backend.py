@@ -14,23 +14,30 @@ connection, which makes vLLM and SGLang abort it.
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
 import concurrent.futures
-import io
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar
 
 from PIL import Image
 
+from . import remote_guard as guard
 from .options import OPTION_BY_NAME, EngineConfig, option_problem
+from .remote_guard import display_url
+from .remote_stream import (
+    ReasoningJoiner,
+    StreamEnd,
+    chat_messages,
+    delta_texts,
+    generation,
+    image_data_url,
+)
 from .types import (
+    BackendBusy,
     BackendTimeout,
     BackendUnavailable,
     EngineError,
@@ -47,87 +54,10 @@ POLL_S = 0.02  # how often generate() checks should_stop and the deadline while 
 BACKOFF_S = 0.25  # first retry delay after a connection failure; doubles per retry
 MAX_BACKOFF_S = 4.0
 _END = object()  # queue marker: the request finished (result or error in its future)
+BUSY_STATUSES = (429, 503)  # the server is overloaded: retryable (BackendBusy)
+T = TypeVar("T")
 
-
-def display_url(url: str) -> str:
-    """The URL without credentials or query (`http://user:secret@host/v1?key=...`), for messages
-    and diagnostics."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def image_data_url(image: Image.Image) -> str:
-    """Lossless PNG data URL: the server decodes exactly the pixels and size the engine prepared."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def chat_messages(image_url: str, prompt: str) -> list[dict[str, Any]]:
-    """One user turn, image first, as the model card and the in-process backend do."""
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": image_url}},
-                {"type": "text", "text": prompt},
-            ],
-        }
-    ]
-
-
-class _ReasoningJoiner:
-    """Rebuilds the model's text from streamed deltas. Servers with a reasoning parser
-    (`transformers serve`, vLLM `--reasoning-parser`) strip `<think>`/`</think>` and stream that
-    section as `reasoning_content` (or `reasoning`): it is put back between its tags.
-    `end_when`: once it returns True for a piece, `ended` is set and later deltas are dropped
-    (the caller then closes the stream)."""
-
-    def __init__(self, on_text: TextCallback | None, end_when: TextEnd | None = None):
-        self.on_text = on_text
-        self.end_when = end_when
-        self.ended = False
-        self.parts: list[str] = []
-        self.chunks = 0
-        self.in_reasoning = False
-
-    def _emit(self, text: str) -> None:
-        self.parts.append(text)
-        if self.on_text is not None:
-            self.on_text(text)
-        if self.end_when is not None and self.end_when(text):
-            self.ended = True
-
-    def add(self, delta: Any) -> None:
-        if self.ended:
-            return
-        extra = getattr(delta, "model_extra", None) or {}
-        reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-        if reasoning:
-            self.chunks += 1
-            self._emit(reasoning if self.in_reasoning else "<think>" + reasoning)
-            self.in_reasoning = True
-        if delta.content:
-            self.chunks += 1
-            self._emit(delta.content if not self.in_reasoning else "</think>" + delta.content)
-            self.in_reasoning = False
-
-    def finish(self) -> str:
-        if self.in_reasoning:
-            self._emit("</think>")
-            self.in_reasoning = False
-        return "".join(self.parts)
-
-
-@dataclass(frozen=True)
-class _StreamEnd:
-    usage: Any  # the server's usage object, when it sent one (stream_options include_usage)
-    finish_reason: str
+__all__ = ["BackendBusy", "BackendTimeout", "BackendUnavailable", "OpenAIBackend", "display_url"]
 
 
 class _EventLoopThread:
@@ -178,6 +108,12 @@ class OpenAIBackend:
         self.concurrent_questions = concurrent_questions
         self._client: Any = None
         self._runner: _EventLoopThread | None = None
+        # What messages must never show: the URL's credentials and the keys sent lately (the key
+        # is read per request, so a rotated one is still hidden in a late error).
+        self._url_secrets = tuple(guard.url_secrets(base_url))
+        self._keys_sent: collections.deque[str] = collections.deque(maxlen=4)
+        self._scrubber_for: tuple[tuple[str, ...], guard.Scrubber] | None = None
+        self._log_filter = guard.ScrubLogs(self.scrubber())
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> OpenAIBackend:
@@ -209,8 +145,10 @@ class OpenAIBackend:
         # The key given here is a placeholder: each request reads the environment variable.
         self._runner = _EventLoopThread()
         self._client = AsyncOpenAI(
-            base_url=self.base_url, api_key="EMPTY", timeout=self.timeout_s, max_retries=0
+            base_url=self.base_url, api_key="EMPTY", timeout=self.timeout_s, max_retries=0,
+            http_client=guard.http_client(self.base_url, timeout=self.timeout_s),
         )
+        guard.install_log_filter(self._log_filter)
 
     def unload(self) -> None:
         """Cancel requests in flight, close the connections and stop the loop thread."""
@@ -223,6 +161,7 @@ class OpenAIBackend:
         except Exception:  # noqa: BLE001 - best effort: the thread stops regardless
             pass
         runner.stop(timeout_s=5.0)
+        guard.remove_log_filter(self._log_filter)
 
     def describe(self) -> dict[str, str]:
         """For diagnostics: never the key, only the variable that holds it."""
@@ -233,6 +172,17 @@ class OpenAIBackend:
             "api_key_env": self.api_key_env,
             "timeout_s": f"{self.timeout_s:g}",
         }
+
+    def scrubber(self) -> guard.Scrubber:
+        """Removes the URL's credentials and the API key (the current one and the last ones
+        sent), in any encoding, from a text."""
+        keys = (*self._url_secrets, os.environ.get(self.api_key_env) or "", *self._keys_sent)
+        cached = self._scrubber_for
+        if cached is None or cached[0] != keys:
+            cached = self._scrubber_for = (keys, guard.Scrubber(keys))
+            if hasattr(self, "_log_filter"):
+                self._log_filter.scrubber = cached[1]
+        return cached[1]
 
     def generate(
         self,
@@ -247,10 +197,11 @@ class OpenAIBackend:
         """Streams the answer; `end_when` closes the stream (the server then aborts the
         request) as soon as it returns True."""
         t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
         messages = chat_messages(image_data_url(image), prompt)
         preprocess_s = time.perf_counter() - t0
-        return self._generate(messages, max_new_tokens, on_text, should_stop, preprocess_s,
-                              end_when)
+        return self._scrubbed(lambda: self._generate(
+            messages, max_new_tokens, on_text, should_stop, preprocess_s, deadline, end_when))
 
     def generate_many(
         self,
@@ -259,10 +210,13 @@ class OpenAIBackend:
         *,
         max_new_tokens: int,
         end_when: TextEndFactory | None = None,
+        should_stop: StopCallback | None = None,
     ) -> list[Generation]:
         """One request per prompt (the server's prefix cache shares the image between them):
-        one after another, or all at once with `concurrent_questions`, within timeout_s."""
+        one after another, or all at once with `concurrent_questions`, all within one
+        timeout_s (the call's deadline, not one per question)."""
         t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
         url = image_data_url(image)  # encoded once for all questions
         preprocess_s = (time.perf_counter() - t0) / max(1, len(prompts))
         batch = [chat_messages(url, p) for p in prompts]
@@ -271,25 +225,54 @@ class OpenAIBackend:
             return end_when() if end_when is not None else None
 
         if not self.concurrent_questions or len(batch) < 2:
-            return [self._generate(m, max_new_tokens, None, None, preprocess_s, new_end())
-                    for m in batch]  # fmt: skip
-        futures = [self._submit(self._collect(m, max_new_tokens, preprocess_s, new_end()))
+            return self._scrubbed(lambda: [
+                self._generate(m, max_new_tokens, None, should_stop, preprocess_s, deadline,
+                               new_end())
+                for m in batch])  # fmt: skip
+        return self._scrubbed(lambda: self._generate_concurrently(
+            batch, max_new_tokens, preprocess_s, deadline, new_end, should_stop))
+
+    # ------------------------------------------------------------------ calling thread
+
+    def _scrubbed(self, call: Callable[[], T]) -> T:
+        """`call()`; an error leaves without the secrets and without its cause (the client's
+        exception holds the server's text, which a traceback would print)."""
+        try:
+            return call()
+        except EngineError as exc:
+            clean = self.scrubber()(str(exc))
+            raise (type(exc)(clean) if clean != str(exc) or exc.__cause__ is not None
+                   or exc.__context__ is not None else exc) from None  # fmt: skip
+
+    def _timed_out(self) -> BackendTimeout:
+        return BackendTimeout(f"{self.url} did not answer within {self.timeout_s:g} s")
+
+    def _generate_concurrently(self, batch: list[list[dict[str, Any]]], max_new_tokens: int,
+                               preprocess_s: float, deadline: float,
+                               new_end: Callable[[], TextEnd | None],
+                               should_stop: StopCallback | None) -> list[Generation]:
+        futures = [self._submit(self._collect(m, max_new_tokens, preprocess_s, deadline,
+                                              new_end()))
                    for m in batch]  # fmt: skip
         try:
-            done, pending = concurrent.futures.wait(
-                futures, self.timeout_s, return_when=concurrent.futures.FIRST_EXCEPTION
-            )
-            for future in futures:  # the first error, in question order
-                if future in done and (future.cancelled() or future.exception() is not None):
-                    self._result(future)
-            if pending:
-                raise BackendTimeout(f"{self.url} did not answer within {self.timeout_s:g} s")
-            return [self._result(f) for f in futures]
+            while True:
+                left = deadline - time.monotonic()
+                done, pending = concurrent.futures.wait(
+                    futures, max(0.0, min(POLL_S, left)),
+                    return_when=concurrent.futures.FIRST_EXCEPTION,
+                )
+                for future in futures:  # the first error, in question order
+                    if future in done and (future.cancelled() or future.exception() is not None):
+                        self._result(future)
+                if not pending:
+                    return [self._result(f) for f in futures]
+                if should_stop is not None and should_stop():
+                    raise GenerationStopped("generation stopped before it finished")
+                if left <= 0:
+                    raise self._timed_out()
         finally:
             for future in futures:
                 future.cancel()
-
-    # ------------------------------------------------------------------ calling thread
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
         runner = self._runner
@@ -305,14 +288,16 @@ class OpenAIBackend:
         on_text: TextCallback | None,
         should_stop: StopCallback | None,
         preprocess_s: float,
+        deadline: float,
         end_when: TextEnd | None = None,
     ) -> Generation:
         t0 = time.perf_counter()
-        deadline = time.monotonic() + self.timeout_s
+        if time.monotonic() >= deadline:  # an earlier question of the call used it up
+            raise self._timed_out()
         events: queue.SimpleQueue = queue.SimpleQueue()
-        future = self._submit(self._stream(messages, max_new_tokens, events.put))
+        future = self._submit(self._stream(messages, max_new_tokens, deadline, events.put))
         future.add_done_callback(lambda _f: events.put(_END))
-        text = _ReasoningJoiner(on_text, end_when)
+        text = ReasoningJoiner(on_text, end_when, self.scrubber())
         try:
             while True:
                 try:
@@ -324,16 +309,16 @@ class OpenAIBackend:
                 if item is not None:
                     text.add(item)
                 if text.ended:  # the finally clause closes the stream
-                    return _generation(text.finish(), text.chunks, _StreamEnd(None, "end_when"),
-                                       preprocess_s, time.perf_counter() - t0)
+                    return generation(text.finish(), text.chunks, StreamEnd(None, "end_when"),
+                                      preprocess_s, time.perf_counter() - t0)
                 if should_stop is not None and should_stop():
                     raise GenerationStopped("generation stopped before it finished")
                 if time.monotonic() > deadline:
-                    raise BackendTimeout(f"{self.url} did not answer within {self.timeout_s:g} s")
+                    raise self._timed_out()
             end = self._result(future)
         finally:
             future.cancel()  # no-op once done; else cancels the request and closes its connection
-        return _generation(text.finish(), text.chunks, end, preprocess_s, time.perf_counter() - t0)
+        return generation(text.finish(), text.chunks, end, preprocess_s, time.perf_counter() - t0)
 
     def _result(self, future: concurrent.futures.Future) -> Any:
         """The request's result; its failure is already an EngineError (see `_map_error`)."""
@@ -348,38 +333,54 @@ class OpenAIBackend:
         self,
         messages: list[dict[str, Any]],
         max_new_tokens: int,
-        emit: Callable[[Any], None],
+        deadline: float,
+        emit: Callable[[tuple[str, str]], None],
         ended: Callable[[], bool] = lambda: False,
-    ) -> _StreamEnd:
-        """Run one streamed request, passing each delta to `emit`; stop reading (and close the
-        stream) once `ended()`."""
-        stream = await self._open(messages, max_new_tokens)
-        usage, finish = None, None
+    ) -> StreamEnd:
+        """Run one streamed request, passing each delta's (reasoning, content) to `emit`; stop
+        reading (and close the stream) once `ended()`, or once the text passes its cap."""
+        limits = guard.Limits.for_tokens(max_new_tokens)
+        guard.LIMITS.set(limits)  # this task's requests: read by the response hook
+        stream = await self._open(messages, max_new_tokens, deadline)
+        usage, finish, kept = None, None, 0
         try:
             async for chunk in stream:
-                if getattr(chunk, "usage", None) is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices or ():
-                    if choice.delta is not None:
-                        emit(choice.delta)
-                    finish = choice.finish_reason or finish
+                usage = guard.field(chunk, "usage") or usage
+                choices = guard.field(chunk, "choices")
+                for choice in choices if isinstance(choices, list) else ():
+                    texts = delta_texts(guard.field(choice, "delta"))
+                    kept += len(texts[0].encode()) + len(texts[1].encode())
+                    if kept > limits.text_bytes:
+                        raise EngineError(
+                            f"{self.url} streamed more than {limits.text_bytes} bytes of text "
+                            f"for max_new_tokens = {max_new_tokens} (does it ignore "
+                            "max_tokens?): stopped reading")
+                    if any(texts):
+                        emit(texts)
+                    reason = guard.field(choice, "finish_reason")
+                    finish = reason if isinstance(reason, str) and reason else finish
                 if ended():
-                    return _StreamEnd(usage, "end_when")
+                    return StreamEnd(usage, "end_when")
         except Exception as exc:  # noqa: BLE001 - every transport/protocol failure, mapped
-            raise self._map_error(exc, mid_answer=True) from exc
+            raise self._map_error(exc, mid_answer=True, max_new_tokens=max_new_tokens) from exc
         finally:
             await stream.close()
         if finish is None:  # a crashed server or proxy can end the stream cleanly but early
             raise EngineError(f"{self.url} ended the stream before the answer finished")
-        return _StreamEnd(usage, finish)
+        return StreamEnd(usage, finish)
 
-    async def _open(self, messages: list[dict[str, Any]], max_new_tokens: int) -> Any:
-        """Start the streamed request, retrying connection failures with exponential backoff."""
+    async def _open(self, messages: list[dict[str, Any]], max_new_tokens: int,
+                    deadline: float) -> Any:
+        """Start the streamed request, retrying connection failures with exponential backoff
+        and 429/503 after their Retry-After, while the call's deadline allows."""
         # The key is read from the environment for every request (rotation without a restart)
         # and never stored in parameters, diagnostics or messages.
         if self._client is None:
             raise EngineError(f"request to {self.url} canceled: backend unloaded")
-        client = self._client.with_options(api_key=os.environ.get(self.api_key_env) or "EMPTY")
+        key = os.environ.get(self.api_key_env) or "EMPTY"
+        if key != "EMPTY" and key not in self._keys_sent:
+            self._keys_sent.append(key)
+        client = self._client.with_options(api_key=key)
         for attempt in range(self.retries + 1):
             try:
                 return await client.chat.completions.create(
@@ -391,10 +392,18 @@ class OpenAIBackend:
                     stream_options={"include_usage": True},
                 )
             except Exception as exc:  # noqa: BLE001
-                error = self._map_error(exc, mid_answer=False)
-                if not isinstance(error, BackendUnavailable) or attempt == self.retries:
+                error = self._map_error(exc, mid_answer=False, max_new_tokens=max_new_tokens)
+                if isinstance(error, BackendBusy):
+                    wait = guard.retry_after_s(getattr(getattr(exc, "response", None),
+                                                       "headers", None))  # fmt: skip
+                elif isinstance(error, BackendUnavailable):
+                    wait = min(BACKOFF_S * 2**attempt, MAX_BACKOFF_S)
+                else:
                     raise error from exc
-                await asyncio.sleep(min(BACKOFF_S * 2**attempt, MAX_BACKOFF_S))
+                if wait is None or attempt == self.retries or \
+                        time.monotonic() + wait >= deadline:
+                    raise error from exc
+                await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def _collect(
@@ -402,12 +411,14 @@ class OpenAIBackend:
         messages: list[dict[str, Any]],
         max_new_tokens: int,
         preprocess_s: float,
+        deadline: float,
         end_when: TextEnd | None = None,
     ) -> Generation:
         t0 = time.perf_counter()
-        text = _ReasoningJoiner(None, end_when)
-        end = await self._stream(messages, max_new_tokens, text.add, lambda: text.ended)
-        return _generation(text.finish(), text.chunks, end, preprocess_s, time.perf_counter() - t0)
+        text = ReasoningJoiner(None, end_when, self.scrubber())
+        end = await self._stream(messages, max_new_tokens, deadline, text.add,
+                                 lambda: text.ended)  # fmt: skip
+        return generation(text.finish(), text.chunks, end, preprocess_s, time.perf_counter() - t0)
 
     @staticmethod
     async def _shutdown(client: Any) -> None:
@@ -418,49 +429,47 @@ class OpenAIBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
 
-    def _map_error(self, exc: Exception, *, mid_answer: bool) -> EngineError:
+    def _map_error(self, exc: Exception, *, mid_answer: bool,
+                   max_new_tokens: int = 0) -> EngineError:
         """A short, sanitised reason: the server's own text (an error body may echo request
-        headers, the key among them) is never passed on, only its HTTP status and error type."""
+        headers, the key among them) is never passed on, only its HTTP status and an error
+        type of `remote_guard.ERROR_TYPES`."""
         import openai
 
         if isinstance(exc, EngineError):
             return exc
+        if isinstance(exc, guard.ResponseTooLarge):
+            if 200 <= exc.status < 300:
+                return EngineError(
+                    f"{self.url} sent more than {exc.limit} bytes for max_new_tokens = "
+                    f"{max_new_tokens} (does it ignore max_tokens?): stopped reading")
+            return EngineError(f"{self.url} answered HTTP {exc.status} with a body over "
+                               f"{exc.limit} bytes: stopped reading")
+        if isinstance(exc, guard.RedirectRefused):
+            return EngineError(f"{self.url} redirected to {exc.target}, off the configured "
+                               "origin: refused (nothing was sent there)")
+        if isinstance(exc, guard.CompressionRefused):
+            return EngineError(f"{self.url} sent a compressed body ({exc.encoding}) although "
+                               "asked for identity: refused")
         if isinstance(exc, openai.APITimeoutError):
-            return BackendTimeout(f"{self.url} did not answer within {self.timeout_s:g} s")
+            return self._timed_out()
         if isinstance(exc, openai.APIConnectionError):
             cause = type(exc.__cause__ or exc).__name__
             if mid_answer:
                 return BackendUnavailable(f"connection to {self.url} lost mid-answer ({cause})")
             return BackendUnavailable(f"cannot reach {self.url} ({cause})")
         if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            kind = guard.error_kind(getattr(exc, "body", None))
+            if status in BUSY_STATUSES:
+                wait = guard.retry_after_s(getattr(exc.response, "headers", None))
+                after = f"; it asks to retry after {wait:g} s" if wait is not None else ""
+                return BackendBusy(f"{self.url} is busy (HTTP {status}{kind}){after}")
             hint = ""
-            if exc.status_code in (401, 403) and not os.environ.get(self.api_key_env):
+            if status in (401, 403) and not os.environ.get(self.api_key_env):
                 hint = f" (no API key: set the environment variable {self.api_key_env})"
-            kind = _error_type(getattr(exc, "body", None))
-            return EngineError(f"{self.url} answered HTTP {exc.status_code}{kind}{hint}")
+            return EngineError(f"{self.url} answered HTTP {status}{kind}{hint}")
         if isinstance(exc, openai.APIError):  # an error event inside the stream
-            kind = _error_type(getattr(exc, "body", None))
+            kind = guard.error_kind(getattr(exc, "body", None))
             return EngineError(f"{self.url} reported an error mid-answer{kind}")
         return EngineError(f"bad response from {self.url} ({type(exc).__name__})")
-
-
-def _error_type(body: Any) -> str:
-    """` (type)` from an OpenAI-style error body's `type`/`code`, if it is a short identifier;
-    never the message text."""
-    error = body.get("error", body) if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return ""
-    for key in ("type", "code"):
-        value = error.get(key)
-        if isinstance(value, (str, int)) and re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", str(value)):
-            return f" ({value})"
-    return ""
-
-
-def _generation(
-    text: str, chunks: int, end: _StreamEnd, preprocess_s: float, generate_s: float
-) -> Generation:
-    """Token counts from the server's usage report, else the number of streamed chunks."""
-    prompt_tokens = int(getattr(end.usage, "prompt_tokens", 0) or 0)
-    generated = int(getattr(end.usage, "completion_tokens", 0) or chunks)
-    return Generation(text, prompt_tokens, generated, preprocess_s, generate_s)

@@ -377,17 +377,20 @@ class TransformersBackend:
         *,
         max_new_tokens: int,
         end_when: TextEndFactory | None = None,
+        should_stop: StopCallback | None = None,
     ) -> list[Generation]:
         """One prefill of the image and the shared prompt tokens, then one greedy continuation
         per prompt from a copy of that KV cache (`prefix_cache`): the tokens `generate` gives
         per prompt (tested on the CPU). With `EngineConfig.batch_questions`, the prompts
         decode as one batch instead (faster on a GPU). A single prompt, or prompts sharing no
         prefix that holds the image, go through `generate` one by one. `end_when`: a fresh
-        predicate per prompt, ending its generation (see `generate`)."""
+        predicate per prompt, ending its generation (see `generate`). `should_stop`: polled
+        at every token of every prompt (the call's one deadline)."""
         from . import prefix_cache
 
         def one_by_one() -> list[Generation]:
             return [self.generate(image, p, max_new_tokens=max_new_tokens,
+                                  should_stop=should_stop,
                                   end_when=end_when() if end_when else None)
                     for p in prompts]  # fmt: skip
 
@@ -395,14 +398,17 @@ class TransformersBackend:
             return one_by_one()
         tokenizer = self.processor.tokenizer
         watches: list[decoding.TextWatch] = []
+        stop = _StopFlag(should_stop)
 
         def stopping(start: int, rows: int) -> dict:
             """Stopping criteria for one generate call of `rows` prompts of width `start`."""
-            if end_when is None:
+            if end_when is None and should_stop is None:
                 return {}
-            new = [decoding.TextWatch(tokenizer, end_when(), start) for _ in range(rows)]
+            new = ([decoding.TextWatch(tokenizer, end_when(), start) for _ in range(rows)]
+                   if end_when is not None else [])  # fmt: skip
             watches.extend(new)
-            return {"stopping_criteria": decoding.stopping_criteria(None, new)}
+            return {"stopping_criteria": decoding.stopping_criteria(
+                stop if should_stop is not None else None, new)}
 
         outputs = prefix_cache.generate_many(
             self.model,
@@ -413,6 +419,8 @@ class TransformersBackend:
             stopping=stopping,
             max_new_tokens=max_new_tokens,
         )
+        if stop.fired:
+            raise GenerationStopped("generation stopped before it finished")
         if outputs is None:
             return one_by_one()
         generations = []

@@ -57,7 +57,12 @@ class BackendUnavailable(EngineError):
 
 
 class BackendTimeout(EngineError):
-    """The request did not finish within timeout_s."""
+    """The request (or the whole call, for several questions) did not finish within timeout_s."""
+
+
+class BackendBusy(EngineError):
+    """The server said it is overloaded (HTTP 429/503) and its Retry-After did not fit within
+    the call's deadline: retryable (the node answers BUSY)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,11 @@ class GenerationBackend(Protocol):
         *,
         max_new_tokens: int,
         end_when: TextEndFactory | None = None,
-    ) -> list[Generation]: ...
+        should_stop: StopCallback | None = None,
+    ) -> list[Generation]:
+        """Every prompt about one image; `should_stop` (the call's one deadline, cancel) is
+        polled throughout, for all prompts together."""
+        ...
 
     def describe(self) -> dict[str, str]: ...
 

@@ -22,7 +22,7 @@ from ..core.outputs import AnswerOutputs, MarkerSource, Request
 from ..core.scene import SceneGraph
 from ..core.status import AnswerStatus
 from ..core.text import one_line
-from ..core.types import InvalidQuestion
+from ..core.types import BackendBusy, BackendTimeout, InvalidQuestion
 from . import topics
 from .conversions import image_msg_to_rgb, rclpy_message
 from .diagnostics import ServingStats
@@ -208,6 +208,10 @@ class Answerer:
             status, message = AnswerStatus.CANCELED, "canceled while the model was generating"
         elif isinstance(exc, InvalidQuestion):  # the engine's own check (same rule as admission)
             status, message = AnswerStatus.INVALID_REQUEST, one_line(exc)
+        elif isinstance(exc, BackendBusy):  # a server's 429/503: the client retries BUSY
+            status, message = AnswerStatus.BUSY, one_line(exc)
+        elif isinstance(exc, BackendTimeout):
+            status, message = AnswerStatus.TIMEOUT, one_line(exc)
         else:
             status, message = AnswerStatus.INFERENCE_ERROR, one_line(str(exc) or
                                                                      type(exc).__name__)
