@@ -464,7 +464,7 @@ class OpenAIBackend:
             if status in BUSY_STATUSES:
                 wait = guard.retry_after_s(getattr(exc.response, "headers", None))
                 after = f"; it asks to retry after {wait:g} s" if wait is not None else ""
-                return BackendBusy(f"{self.url} is busy (HTTP {status}{kind}){after}")
+                return BackendBusy(f"{self.url} is busy: HTTP {status}{kind}{after}")
             hint = ""
             if status in (401, 403) and not os.environ.get(self.api_key_env):
                 hint = f" (no API key: set the environment variable {self.api_key_env})"

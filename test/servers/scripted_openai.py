@@ -31,6 +31,9 @@ class Mode(enum.Enum):
     ERROR_EVENT = "error_event"  # a content delta, then `data: {"error": ...}`
     HTTP_ERROR = "http_error"  # `status` with a JSON error body
     DROP = "drop"  # closes the connection without answering
+    FLOOD = "flood"  # ignores max_tokens: `chunks` over and over, as fast as it can, no finish
+    ERROR_FLOOD = "error_flood"  # `status` with an endless error body
+    REDIRECT = "redirect"  # `status` (a 3xx) with `Location: location`
 
 
 @dataclass
@@ -56,6 +59,15 @@ class Script:
     delay_s: float | Callable[[dict[str, Any]], float] = 0.0
     # OK mode: the content deltas as a function of the request body (instead of `chunks`).
     reply: Callable[[dict[str, Any]], list[str]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    # OK mode: the final chunk's `usage` object as sent (any JSON), instead of `usage`.
+    usage_body: Any = None
+    location: str = ""  # REDIRECT: the Location header
+    # FLOOD: this JSON text padded into every chunk (a server whose envelope is huge).
+    padding: str = ""
+    # Answer the first `busy_times` requests with `status` and `headers` (429/503 tests), then
+    # as the mode says.
+    busy_times: int = 0
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, usage=None, choices=True) -> bytes:
@@ -66,13 +78,15 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, usage=None, choices
         "model": "scripted",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else [],
     }
-    if usage is not None:
+    if isinstance(usage, tuple):
         prompt, completion = usage
         data["usage"] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+    elif usage is not None:
+        data["usage"] = usage
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
@@ -81,6 +95,7 @@ class ScriptedOpenAIServer:
         self.script = Script()
         self.requests: list[Recorded] = []
         self.client_hung_up = threading.Event()
+        self.sent_bytes = 0  # body bytes written by FLOOD and ERROR_FLOOD
         self._stopping = threading.Event()
         handler = type("Handler", (_Handler,), {"owner": self})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -144,19 +159,42 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             owner.wait_quiet(self.connection, HANG_LIMIT_S)
             self.close_connection = True
             return
-        if script.mode is Mode.HTTP_ERROR:
+        if script.mode is Mode.HTTP_ERROR or len(owner.requests) <= script.busy_times:
             body = script.error_body.encode()
             self.send_response(script.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            self._extra_headers(script)
             self.end_headers()
             self.wfile.write(body)
             return
+        if script.mode is Mode.REDIRECT:
+            self.send_response(script.status)
+            self.send_header("Location", script.location)
+            self.send_header("Content-Length", "0")
+            self._extra_headers(script)
+            self.end_headers()
+            return
+        if script.mode is Mode.ERROR_FLOOD:
+            self.send_response(script.status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self._flood(b'{"error": {"message": "' + b"x" * 65536)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
+        self._extra_headers(script)
         self.end_headers()
         write = self.wfile.write
         write(_chunk({"role": "assistant", "content": ""}))
+        if script.mode is Mode.FLOOD:
+            data = b"".join(_chunk({"content": c} if isinstance(c, str) else c)
+                            for c in script.chunks)  # fmt: skip
+            if script.padding:
+                data = data.replace(b'"id": "chatcmpl-test"',
+                                    b'"id": "chatcmpl-test", "pad": ' + script.padding.encode())
+            self._flood(data)
+            return
         if script.mode is Mode.MALFORMED:
             write(b'data: {"choices": [{"delta": {"content": "<obs\n\ndata: {not json\n\n')
         elif script.mode is Mode.ERROR_EVENT:
@@ -177,8 +215,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 write(_chunk(delta if isinstance(delta, dict) else {"content": delta}))
             if script.mode is Mode.OK:
                 write(_chunk({}, finish="stop"))
-                if script.usage is not None:
+                if script.usage_body is not None:
+                    write(_chunk({}, usage=script.usage_body, choices=False))
+                elif script.usage is not None:
                     write(_chunk({}, usage=script.usage, choices=False))
                 write(b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True
+
+    def _extra_headers(self, script: Script) -> None:
+        for name, value in script.headers.items():
+            self.send_header(name, value)
+
+    def _flood(self, data: bytes) -> None:
+        """Write `data` again and again until the client hangs up (or HANG_LIMIT_S)."""
+        owner = self.owner
+        deadline = time.monotonic() + HANG_LIMIT_S
+        self.close_connection = True
+        while time.monotonic() < deadline and not owner._stopping.is_set():
+            self.wfile.write(data)
+            owner.sent_bytes += len(data)
