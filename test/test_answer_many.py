@@ -179,3 +179,31 @@ def test_empty_and_single_question(tiny_engine, tiny_image, tiny_alone):
     assert tiny_engine.answer_many(tiny_image, []) == []
     [one] = tiny_engine.answer_many(tiny_image, [QUESTIONS[0]])
     assert one.generated_token_ids == tiny_alone[0].generated_token_ids
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_one_deadline_for_all_questions_in_process(sensitive_model_dir, tiny_image, batched):
+    """Issue 21: timeout_s bounds the whole answer_many call on the in-process backend too
+    (before, generate_many had no stop at all: 3 x 4096 tokens ran to the end)."""
+    from spatialthinker_ros.core.engine import BackendTimeout
+
+    engine = load_engine(sensitive_model_dir, max_new_tokens=4096, timeout_s=0.5,
+                         batch_questions=batched)  # fmt: skip
+    with pytest.raises(BackendTimeout, match="the model did not answer within 0.5 s"):
+        engine.answer_many(tiny_image, QUESTIONS[:3])
+
+
+def test_answer_many_polls_one_stop_for_every_question(tiny_engine, tiny_image):
+    """The caller's should_stop (Ctrl-C in replay) reaches every question: once it fires, no
+    question generates further."""
+    from spatialthinker_ros.core.engine import GenerationStopped
+
+    polls: list[int] = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) >= 5
+
+    with pytest.raises(GenerationStopped):
+        tiny_engine.answer_many(tiny_image, QUESTIONS[:3], should_stop=should_stop)
+    assert len(polls) == 5  # the stop stays set: the later questions never ask again

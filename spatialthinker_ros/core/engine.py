@@ -188,21 +188,24 @@ class CallDeadline:
         self.timeout_s = timeout_s
         self.who = who
         self.should_stop = should_stop
-        self.expired = False
+        self.expired = False  # this deadline passed
+        self.stopped = False  # the caller's should_stop said stop
 
     def __call__(self) -> bool:
-        if self.should_stop is not None and self.should_stop():
+        if self.stopped or self.expired:
             return True
-        if time.monotonic() >= self.at:
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        elif time.monotonic() >= self.at:
             self.expired = True
-        return self.expired
+        return self.stopped or self.expired
 
     def run(self, call: Callable):
         """`call()`; a stop this deadline caused is a BackendTimeout."""
         try:
             return call()
         except GenerationStopped:
-            if self.expired and not (self.should_stop is not None and self.should_stop()):
+            if self.expired and not self.stopped:
                 raise BackendTimeout(
                     f"{self.who} did not answer within {self.timeout_s:g} s") from None
             raise
