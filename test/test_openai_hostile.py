@@ -169,6 +169,7 @@ def test_secret_variants_cover_base64_at_every_alignment():
         assert base64.b64encode(KEY.encode()).decode()[2:-4] not in scrub(text)
         assert guard.REDACTED in scrub(text)
     assert scrub("short abc and token-abc12") == "short abc and token-abc12"
+    assert scrub(f"{KEY.upper()} %{KEY.encode().hex().upper()}") == "*** %***"
     assert not guard.Scrubber(["abc"])  # too short to tell from ordinary words
 
 
@@ -296,16 +297,17 @@ def test_valid_token_counts_are_kept(scripted):
 def test_a_redirect_off_the_origin_is_refused_and_nothing_is_resent(scripted, status):
     other = ScriptedOpenAIServer().start()
     try:
-        target = other.base_url.replace("://", f"://{KEY}@") + f"/chat/completions?k={KEY}"
+        target = (other.base_url.replace("://", f"://{KEY}@")
+                  + f"/chat/completions/{KEY.upper()}?k={KEY}")
         scripted.script.mode = Mode.REDIRECT
         scripted.script.status = status
         scripted.script.location = target
         with pytest.raises(EngineError) as info:
             engine_for(scripted.base_url).answer(frame(), "q?")
         message = str(info.value)
-        assert f"redirected to {other.base_url}/chat/completions, off the configured origin" \
-            in message and message.count("\n") == 0
-        assert KEY not in message
+        assert f"redirected to {other.base_url}/chat/completions/***, off the configured " \
+            "origin" in message and message.count("\n") == 0
+        assert KEY not in message.lower()
         assert other.requests == []  # the frame and the prompt went nowhere else
     finally:
         other.stop()
@@ -336,3 +338,20 @@ def test_busy_servers_answer_busy_at_once(scripted, status, headers):
     with pytest.raises(BackendBusy, match=f"is busy: HTTP {status}"):
         engine_for(scripted.base_url, timeout_s=3).answer(frame(), "q?")
     assert len(scripted.requests) == 1
+
+
+def test_eval_results_and_report_never_get_negative_counts(scripted, tmp_path, capsys):
+    from spatialthinker_ros.cli import main
+    from spatialthinker_ros.testing import benchmark_files as bf
+
+    scripted.script.usage_body = {"prompt_tokens": -400, "completion_tokens": -9}
+    bench = bf.write_jsonl(tmp_path / "bench.jsonl", ["A", "B"])
+    results = tmp_path / "results.jsonl"
+    code = main(["eval", str(bench), "--backend", "openai", "--base-url", scripted.base_url,
+                 "--model", "scripted", "--results", str(results), "--json", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 2
+    assert all(r["prompt_tokens"] == 0 and r["generated_tokens"] == 2 for r in records)
+    assert "-9" not in out.out and "-400" not in out.out

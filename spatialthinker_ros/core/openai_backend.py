@@ -112,6 +112,7 @@ class OpenAIBackend:
         # is read per request, so a rotated one is still hidden in a late error).
         self._url_secrets = tuple(guard.url_secrets(base_url))
         self._keys_sent: collections.deque[str] = collections.deque(maxlen=4)
+        self._keys_lock = threading.Lock()  # appended on the loop thread, read on callers
         self._scrubber_for: tuple[tuple[str, ...], guard.Scrubber] | None = None
         self._log_filter = guard.ScrubLogs(self.scrubber())
 
@@ -176,7 +177,9 @@ class OpenAIBackend:
     def scrubber(self) -> guard.Scrubber:
         """Removes the URL's credentials and the API key (the current one and the last ones
         sent), in any encoding, from a text."""
-        keys = (*self._url_secrets, os.environ.get(self.api_key_env) or "", *self._keys_sent)
+        with self._keys_lock:
+            sent = tuple(self._keys_sent)
+        keys = (*self._url_secrets, os.environ.get(self.api_key_env) or "", *sent)
         cached = self._scrubber_for
         if cached is None or cached[0] != keys:
             cached = self._scrubber_for = (keys, guard.Scrubber(keys))
@@ -378,8 +381,9 @@ class OpenAIBackend:
         if self._client is None:
             raise EngineError(f"request to {self.url} canceled: backend unloaded")
         key = os.environ.get(self.api_key_env) or "EMPTY"
-        if key != "EMPTY" and key not in self._keys_sent:
-            self._keys_sent.append(key)
+        with self._keys_lock:
+            if key != "EMPTY" and key not in self._keys_sent:
+                self._keys_sent.append(key)
         client = self._client.with_options(api_key=key)
         for attempt in range(self.retries + 1):
             try:

@@ -73,7 +73,8 @@ def secret_variants(secret: str) -> set[str]:
     variants = {
         secret, quote(secret, safe=""), quote(secret), quote_plus(secret), html.escape(secret),
         json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-        json.dumps(secret)[1:-1].replace("/", "\\/"), raw.hex(), raw.hex().upper(),
+        json.dumps(secret)[1:-1].replace("/", "\\/"), raw.hex(),
+        quote(quote(secret, safe=""), safe=""),  # encoded twice (a proxy's log of a URL)
     }
     for shift in range(3):
         encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii").rstrip("=")
@@ -104,8 +105,10 @@ class Scrubber:
         variants: set[str] = set()
         for secret in secrets:
             variants |= secret_variants(secret)
-        self.variants = sorted(variants, key=len, reverse=True)  # longest first
-        self._pattern = (re.compile("|".join(re.escape(v) for v in self.variants))
+        # Matched without regard to case: `%2f` for `%2F`, upper-case hex; the cost is that a
+        # text equal to a secret but for case is removed too.
+        self.variants = sorted({v.lower() for v in variants}, key=len, reverse=True)
+        self._pattern = (re.compile("|".join(re.escape(v) for v in self.variants), re.IGNORECASE)
                          if self.variants else None)  # fmt: skip
         self._first = {v[0] for v in self.variants}
 
@@ -120,8 +123,8 @@ class Scrubber:
         streaming: the rest of the secret may follow in the next piece)."""
         longest = len(self.variants[0]) if self.variants else 0
         for i in range(max(0, len(text) - longest + 1), len(text)):
-            if text[i] in self._first:
-                tail = text[i:]
+            if text[i].lower() in self._first:
+                tail = text[i:].lower()
                 if any(v.startswith(tail) for v in self.variants):
                     return len(text) - i
         return 0
