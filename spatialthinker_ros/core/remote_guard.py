@@ -316,15 +316,10 @@ LIMITS: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("remote_l
 DEFAULT_LIMITS = Limits.for_tokens(8192)  # a request sent without `LIMITS` set
 
 
-def origin(url: Any) -> tuple[str, str, int | None]:
-    parts = urlsplit(str(url))
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    default = {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port if port is not None else default
+def origin(url: Any) -> tuple[str, bytes, int | None]:
+    """(scheme, host as sent, port) of an httpx URL, default ports filled in."""
+    scheme = url.scheme.lower()
+    return scheme, url.raw_host.lower(), url.port or {"http": 80, "https": 443}.get(scheme)
 
 
 def display_url(url: str) -> str:
@@ -351,7 +346,7 @@ def http_client(base_url: str, **kwargs: Any) -> Any:
     client_cls = openai.DefaultAsyncHttpxClient
     httpx_name = next(c.__module__ for c in client_cls.__mro__ if c.__name__ == "AsyncClient")
     httpx = sys.modules[httpx_name.split(".", 1)[0]]
-    home = origin(base_url)
+    home = origin(httpx.URL(base_url))  # parsed as requests are: IDNA, IPv6, default port
 
     class Bounded(httpx.AsyncByteStream):
         def __init__(self, inner: Any, status: int, limit: int) -> None:
