@@ -42,6 +42,33 @@ def compile_mode(device: str) -> str:
     return "reduce-overhead" if device.startswith("cuda") else "default"
 
 
+def end_tokens(generation_config) -> frozenset[int]:
+    """The ids that end an answer (`generate`'s eos_token_id: one id, a list, or none)."""
+    eos = generation_config.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+# generation_config fields whose logits processors greedy `generate` would apply, with their
+# no-op values: the loop takes the plain argmax, so any other value sends the answer to generate.
+_PROCESSOR_FIELDS = {"min_new_tokens": (None, 0), "min_length": (None, 0),
+                     "repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+                     "bad_words_ids": (None,), "suppress_tokens": (None,),
+                     "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+                     "forced_eos_token_id": (None,), "sequence_bias": (None,),
+                     "encoder_repetition_penalty": (None, 1.0)}  # fmt: skip
+
+
+def generation_config_problem(generation_config) -> str | None:
+    """Why greedy `generate` would not be the plain argmax the loop takes (None: it is)."""
+    for name, neutral in _PROCESSOR_FIELDS.items():
+        value = getattr(generation_config, name, None)
+        if value not in neutral:
+            return f"generation_config.{name}={value!r}"
+    return None
+
+
 class DecodeLoop:
     """One static cache, the id buffers and the compiled step, reused by every answer (fixed
     tensor addresses keep the graph and its CUDA graphs valid). Call under inference_mode."""
