@@ -80,7 +80,6 @@ class DecodeLoop:
 
         self.model = model
         self.max_cache_len = max_cache_len
-        self.chunk = chunk
         self.cuda = device.startswith("cuda")
         self.cache = StaticCache(config=model.config.get_text_config(decoder=True),
                                  max_cache_len=max_cache_len)  # fmt: skip
@@ -89,14 +88,21 @@ class DecodeLoop:
         self.delta = torch.zeros((), dtype=torch.long, device=dev)  # rope offset of the image
         self.index = torch.zeros((1,), dtype=torch.long, device=dev)  # next slot of `ids`
         self.ids = torch.zeros((max_cache_len,), dtype=torch.long, device=dev)
-        # Two pinned host buffers: one being filled while the other is read.
-        self.host = [torch.zeros((chunk,), dtype=torch.long, pin_memory=self.cuda)
-                     for _ in range(2)]  # fmt: skip
+        self.set_chunk(chunk)
         for t in (self.token, self.delta, self.index, self.ids):
             torch._dynamo.mark_static_address(t)
         self.step = (torch.compile(self._step, fullgraph=True, mode=compile_mode(device))
                      if compiled else self._step)  # fmt: skip
         self.host_copies = 0  # device-to-host copies of ids, all answers (diagnostics)
+
+    def set_chunk(self, chunk: int) -> None:
+        """Tokens per host check (the step does not depend on it: bench/ sweeps it)."""
+        import torch
+
+        self.chunk = chunk
+        # Two pinned host buffers: one being filled while the other is read.
+        self.host = [torch.zeros((chunk,), dtype=torch.long, pin_memory=self.cuda)
+                     for _ in range(2)]  # fmt: skip
 
     def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         return prompt_tokens + max_new_tokens <= self.max_cache_len
