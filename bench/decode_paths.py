@@ -24,6 +24,8 @@ from pathlib import Path
 
 from _common import Stats, machine_line, noise_rgb, print_table
 
+from spatialthinker_ros.testing.forward_counter import HostSyncCounter
+
 QUESTION = ("Where is the cube relative to the ball?", ("left", "right"))
 LOOKUPS = (5, 10, 20)
 
@@ -66,8 +68,6 @@ def generate_time(engine, image, n: int) -> tuple[float, tuple[int, ...]]:
 
 
 def host_syncs(engine, image, watched) -> int:
-    from spatialthinker_ros.testing.forward_counter import HostSyncCounter
-
     engine.answer(image, *QUESTION)  # the prompt token cache knows the frame size
     with HostSyncCounter(watched) as counter:
         engine.answer(image, *QUESTION)
@@ -79,7 +79,6 @@ def loop_section(eager, model_dir: Path, repeats: int) -> None:
     thread, interleaved repeats; chunk sizes swept on the same compiled step."""
     import torch
     from torch._dynamo.utils import counters
-    from torch.utils._python_dispatch import _disable_current_modes
 
     from spatialthinker_ros.core import decode_loop
     from spatialthinker_ros.core.engine import EngineConfig, SpatialThinkerEngine
@@ -126,12 +125,7 @@ def loop_section(eager, model_dir: Path, repeats: int) -> None:
                 eng.backend.loop = None
     loop.set_chunk(decode_loop.CHUNK_TOKENS)
     step = loop.step
-
-    def device_work() -> None:  # the compiled step's own ops are not host work
-        with _disable_current_modes():
-            step()
-
-    loop.step = device_work
+    loop.step = HostSyncCounter.device_work(step)  # the compiled step's ops are device work
     syncs = {"eager generate": host_syncs(eager, image, []),
              "decode loop": host_syncs(engine, image, [loop.ids])}  # fmt: skip
     loop.step = step

@@ -171,19 +171,11 @@ def syncs(engine: SpatialThinkerEngine, watched, n: int) -> int:
 
 
 def test_host_waits_once_per_chunk(sensitive_model_dir, eager_sensitive):
-    """Host syncs outside the step (the compiled test below counts with the real graph; here
-    the uncompiled step runs outside the counter, as the graph's ops would)."""
-    from torch.utils._python_dispatch import _disable_current_modes
-
+    """Host syncs outside the step (the uncompiled step runs outside the counter, as the
+    compiled graph's ops do in the compiled test below)."""
     engine = with_eager_loop(engine_for(sensitive_model_dir, compile="off"))
     loop = engine.backend.loop
-    step = loop.step
-
-    def device_work() -> None:
-        with _disable_current_modes():
-            step()
-
-    loop.step = device_work
+    loop.step = HostSyncCounter.device_work(loop.step)
     short, full = syncs(engine, [loop.ids], CHUNK), syncs(engine, [loop.ids], NEW_TOKENS)
     assert full - short == (NEW_TOKENS - CHUNK) // CHUNK  # one per further chunk
     assert short <= 1 + PER_ANSWER_SYNCS
@@ -267,8 +259,13 @@ def test_compiled_loop_cuts_off_cancels_and_syncs_once_per_chunk(compiled_sensit
     with pytest.raises(GenerationStopped):
         engine.answer(noise_image(336, 252), "Where?", on_text=seen.append,
                       should_stop=lambda: len(seen) >= 2)  # fmt: skip
-    watched = [engine.backend.loop.ids]
-    short, full = syncs(engine, watched, CHUNK), syncs(engine, watched, NEW_TOKENS)
+    loop = engine.backend.loop
+    watched, step = [loop.ids], loop.step
+    loop.step = HostSyncCounter.device_work(step)  # torch.compile runs under no dispatch mode
+    try:
+        short, full = syncs(engine, watched, CHUNK), syncs(engine, watched, NEW_TOKENS)
+    finally:
+        loop.step = step
     assert full - short == (NEW_TOKENS - CHUNK) // CHUNK and short <= 1 + PER_ANSWER_SYNCS
     assert compile_counters() == after_load
 

@@ -129,8 +129,11 @@ class DecodeLoop:
         self.token.copy_(first.view(1, 1))
         self.ids[:1].copy_(first)
         self.index.fill_(1)
-        deltas = self.model.model.rope_deltas
-        self.delta.copy_(deltas.reshape(()) if deltas is not None else 0)
+        deltas = self.model.model.rope_deltas  # None: text only, positions = cache positions
+        if deltas is None:
+            self.delta.zero_()
+        else:
+            self.delta.copy_(deltas.reshape(()))
 
     def _collect(self, start: int, end: int, slot: int):
         """Queue the copy of ids[start:end] to host buffer `slot`; what to wait on (or None)."""

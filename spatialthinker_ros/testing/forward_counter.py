@@ -26,8 +26,8 @@ class HostSyncCounter:
     device: reading a scalar (`.item()`, `bool(t)`: aten._local_scalar_dense), data-dependent
     shapes (nonzero, equal), and copies out of the `watched` device tensors (the buffers
     generated ids live in). On a CPU none of these waits, but the same operations are the
-    synchronisations a GPU would pay, so the count is the hardware-independent figure. Ops run
-    inside a compiled graph do not dispatch here (they are the device's work, not the host's)."""
+    synchronisations a GPU would pay, so the count is the hardware-independent figure. A
+    compiled step must run through `device_work` (its ops are the device's, not the host's)."""
 
     _SCALAR = ("aten._local_scalar_dense", "aten.nonzero", "aten.equal", "aten.is_nonzero")
     _COPY = ("aten.copy_", "aten._to_copy", "aten.clone")
@@ -55,6 +55,19 @@ class HostSyncCounter:
         self._mode = _Mode()
         self._mode.__enter__()
         return self
+
+    @staticmethod
+    def device_work(step: Any) -> Any:
+        """`step` run outside the counter: a compiled decode step, whose ops are the device's
+        work (torch.compile does not run under a dispatch mode), or an uncompiled one standing
+        in for it."""
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with _disable_current_modes():
+                return step(*args, **kwargs)
+
+        return run
 
     def _reads_watched(self, name: str, args: tuple) -> bool:
         """A copy whose source is a watched buffer (a slice of one shares its storage)."""
