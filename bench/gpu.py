@@ -619,8 +619,8 @@ def compiled_generate_call(model, engine, image, n_out: int):
     def make(n: int):
         def call():
             inputs = engine.backend.encode(prepared.image, prompt)
-            cache.reset()
-            with torch.inference_mode():
+            with torch.inference_mode():  # the cache's tensors are inference tensors
+                cache.reset()
                 out = model.generate(**inputs, do_sample=False, max_new_tokens=n,
                                      compile_config=config, **{cache_kwarg(model): cache})
             return tuple(out[0, inputs["input_ids"].shape[1]:].tolist())
@@ -628,7 +628,7 @@ def compiled_generate_call(model, engine, image, n_out: int):
     return make
 
 
-def profile_if_short(report: Report, compiled, engine_call, rates: dict, ceiling: float,
+def profile_if_short(report: Report, compiled, make, rates: dict, ceiling: float,
                      cuda: bool) -> None:  # fmt: skip
     """Under 60% of the ceiling: where one answer's decode time goes (torch.profiler, the top
     operations by device time)."""
@@ -638,7 +638,7 @@ def profile_if_short(report: Report, compiled, engine_call, rates: dict, ceiling
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        call = engine_call(compiled)(64)
+        call = make(64)
         with no_end_token(compiled.backend.model):
             call()
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
