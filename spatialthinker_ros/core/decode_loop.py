@@ -11,11 +11,13 @@ without its per-token host work (issue 19).
   and writes only preallocated tensors of fixed address: the current token (fed its own
   output, it never leaves the device to be fed back), the id buffer, its write index, the
   cache. Shapes never depend on the prompt, so one graph serves every prompt length.
-- The host launches CHUNK_TOKENS steps, queues an asynchronous copy of their ids to pinned
-  memory, launches the next chunk, and only then waits for the copy: the device always has
-  work while the host checks a chunk (end token, max_new_tokens, the caller's check: stop
-  text, cancel, timeout, streaming). Ids past the stop point are dropped, so the answer is
-  the one stopping at once would give; a stop costs at most two chunks of extra steps.
+- The host launches CHUNK_TOKENS steps and queues an asynchronous copy of their ids to pinned
+  memory; on a GPU it launches the next chunk before it waits for that copy, so the device
+  has work while the host checks a chunk (end token, max_new_tokens, the caller's check:
+  stop text, cancel, timeout, streaming). Ids past the stop point are dropped, so the answer
+  is the one stopping at once would give; a stop costs the rest of its chunk in extra steps,
+  plus the chunk queued ahead on a GPU. Everything runs in stream order, so a next answer's
+  prefill follows any steps still queued.
 """
 
 from __future__ import annotations
