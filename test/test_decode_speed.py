@@ -1,10 +1,9 @@
-"""The decode speed paths give the eager path's tokens: prompt lookup, the compiled static-cache
-decode, both together; the prompt token cache gives the processor's inputs. On the fitted tiny
-model (a structured output with repeats) and on an input-sensitive random model (long garbage
-that changes with the image and question: any drift in cache, positions or drafts shows).
+"""The decode speed paths give the eager path's tokens: prompt lookup (the compiled decode loop
+has its own tests, test_decode_loop.py); the prompt token cache gives the processor's inputs.
+On the fitted tiny model (a structured output with repeats) and on an input-sensitive random
+model (long garbage that changes with the image and question: any drift in cache, positions or
+drafts shows).
 
-COMPILE TESTS: `compiled_*` fixtures compile the decode step with torch.compile on the CPU
-(about 15-60 s each, minutes on a loaded 2-core machine: generous timeouts). Two engines in all.
 No timing is asserted anywhere; bench/ measures speed.
 """
 
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from spatialthinker_ros.arguments import add_engine_arguments, engine_config_from_args
-from spatialthinker_ros.core import decoding
+from spatialthinker_ros.core import decode_loop, decoding
 from spatialthinker_ros.core.engine import (
     EngineConfig,
     GenerationStopped,
@@ -25,12 +24,9 @@ from spatialthinker_ros.core.engine import (
     SpatialThinkerEngine,
 )
 from spatialthinker_ros.core.prompt import PromptStyle, build_prompt
-from spatialthinker_ros.core.scene import ParseStatus
-from spatialthinker_ros.core.text import safe_text
 from spatialthinker_ros.testing.forward_counter import ForwardCounter
 from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIXELS
 
-COMPILE_TIMEOUT_S = 1800
 NEW_TOKENS = 64
 # (image size, question, choices): two frame sizes, two questions, with and without options.
 INPUTS = [
@@ -174,88 +170,21 @@ def test_compile_and_prompt_lookup_options():
     assert decoding.static_cache_length(1, 1) == decoding.CACHE_ROUNDING
 
 
-# ----------------------------------------------------- compiled static-cache decode (slow)
-
-
-@pytest.fixture(scope="module")
-def compiled_sensitive(sensitive_model_dir):
-    """COMPILES (torch.compile on the CPU) while loading."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    return engine_for(sensitive_model_dir, compile="on")
-
-
-@pytest.mark.timeout(COMPILE_TIMEOUT_S)
-def test_compiled_decode_keeps_the_tokens_without_recompiling(compiled_sensitive,
-                                                              sensitive_reference):
-    from torch._dynamo.utils import counters
-
-    backend = compiled_sensitive.backend
-    assert backend.static is not None and backend.warmup_s > 0
-    assert compiled_sensitive.describe()["compile"].startswith("on")
-    graphs = counters["stats"]["unique_graphs"]
-    assert answers(compiled_sensitive) == sensitive_reference
-    # Two frame sizes and three prompt lengths ran on the graph the warm-up compiled.
-    assert counters["stats"]["unique_graphs"] == graphs
-
-
-@pytest.mark.timeout(COMPILE_TIMEOUT_S)
-def test_compiled_decode_streams_stops_and_answers_many(compiled_sensitive, eager_sensitive):
-    image = noise_image(640, 480, seed=7)
-    chunks: list[str] = []
-    result = compiled_sensitive.answer(image, "Where?", on_text=chunks.append)
-    assert safe_text("".join(chunks)) == result.raw  # the result's text is made safe
-    assert result.generated_token_ids == eager_sensitive.answer(image, "Where?").generated_token_ids
-    seen: list[str] = []
-    with pytest.raises(GenerationStopped):
-        compiled_sensitive.answer(image, "Where?", on_text=seen.append,
-                                  should_stop=lambda: len(seen) >= 2)  # fmt: skip
-    questions = ["Where?", ("Is it red?", ["yes", "no"])]
-    many = compiled_sensitive.answer_many(image, questions)
-    alone = [eager_sensitive.answer(image, "Where?"),
-             eager_sensitive.answer(image, "Is it red?", ["yes", "no"])]  # fmt: skip
-    assert [r.generated_token_ids for r in many] == [r.generated_token_ids for r in alone]
-
-
-@pytest.mark.timeout(COMPILE_TIMEOUT_S)
-def test_compiled_with_prompt_lookup_on_the_fitted_model(fitted_model_dir):
-    """COMPILES. Where transformers refuses prompt lookup with a static cache (before 5.24) the
-    compiled path drops it and says so; the tokens stay the fitted output either way."""
-    engine = engine_for(fitted_model_dir, max_pixels=FITTED_MAX_PIXELS, max_new_tokens=1024,
-                        compile="on", prompt_lookup=10)  # fmt: skip
-    described = engine.describe()
-    assert described["compile"].startswith("on")
-    if not engine.backend.lookup_with_compile:
-        assert described["prompt_lookup"].startswith("off")
-    for seed in (0, 1):
-        result = engine.answer(noise_image(641, 479, seed=seed), "Where is the cube?")
-        assert result.raw == EXAMPLE_OUTPUT and result.reasoning.status is ParseStatus.OK
-    stopped = engine.answer(noise_image(641, 479), "Where?", stop_after="scene_graph")
-    assert stopped.raw.rstrip().endswith("</scene>") and stopped.reasoning.status is ParseStatus.OK
-
-
-def test_a_prompt_longer_than_the_static_cache_decodes_eagerly(fitted_model_dir):
-    """A static cache too small for the prompt is never used (so nothing is compiled)."""
-    engine = engine_for(fitted_model_dir, max_pixels=FITTED_MAX_PIXELS, max_new_tokens=1024)
-    backend = engine.backend
-    backend.static = decoding.StaticDecode(backend.model, 64, "cpu")
-    result = engine.answer(noise_image(641, 479), "Where is the cube?")
-    assert result.raw == EXAMPLE_OUTPUT
-    assert not backend.static.cache.layers[0].is_initialized  # never written
+# ------------------------------------------------------------------------ compile failure
 
 
 def test_a_failed_compile_falls_back_to_eager_on_auto_and_fails_on_on(fitted_model_dir,
                                                                       monkeypatch):
     """A real torch.compile failure (an unknown mode) during the warm-up. `auto` is made to
     mean on here (off on the CPU otherwise)."""
-    monkeypatch.setattr(decoding, "compile_mode", lambda device: "no-such-mode")
+    monkeypatch.setattr(decode_loop, "compile_mode", lambda device: "no-such-mode")
     monkeypatch.setattr(decoding, "compile_enabled", lambda setting, device: setting != "off")
     auto = engine_for(fitted_model_dir, max_pixels=FITTED_MAX_PIXELS, compile="auto",
                       max_new_tokens=1024)
-    assert auto.backend.static is None
+    assert auto.backend.loop is None
     note = auto.describe()["compile"]
     assert note.startswith("off (compiling failed: ") and "no-such-mode" in note
     assert auto.answer(noise_image(641, 479), "Where?").raw == EXAMPLE_OUTPUT
+    assert auto.describe()["last_decode"].startswith("generate (off (compiling failed")
     with pytest.raises(ModelLoadError, match="compiling the decode step failed.*no-such-mode"):
         engine_for(fitted_model_dir, max_pixels=FITTED_MAX_PIXELS, compile="on")

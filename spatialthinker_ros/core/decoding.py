@@ -1,32 +1,28 @@
-"""How the in-process backend decodes: transformers `generate` options for each speed path, and
-the hooks that stream it, stop it, or end it early.
+"""How the in-process backend decodes: when the compiled decode loop (`decode_loop`) is on, the
+length of its static cache; for `generate` (compile off, prompt lookup, several questions) the
+hooks that stream it, stop it, or end it early.
 
-Paths (all greedy; the tests check each gives the tokens of plain `generate`):
-- eager: a dynamic KV cache, one forward pass per generated token (the model card's way);
-- compiled (`EngineConfig.compile`): one static KV cache, allocated once and reused by every
-  call (fixed tensor addresses, so the compiled graph and its CUDA graphs stay valid), sized for
-  the longest prompt the pixel budget allows plus max_new_tokens; `generate`'s own torch.compile
-  of the decode step (mode "reduce-overhead": CUDA graphs on a GPU). The prefill (vision tower,
-  prompt) stays eager, so prompt lengths never recompile. Warmed up when the model loads;
-- prompt lookup (`EngineConfig.prompt_lookup`): up to N draft tokens copied from where the
-  last tokens already occur in the prompt or the text so far (transformers'
-  `prompt_lookup_num_tokens`), verified in one forward pass and kept only where greedy decoding
-  agrees. Fewer forward passes per token, same tokens (up to the rounding of a k-token pass
-  against k one-token passes, which bf16 kernels can turn at a near-tie).
+Paths (all greedy; the tests check each gives the tokens of plain eager `generate`):
+- eager `generate`: a dynamic KV cache, one forward pass per generated token (the card's way);
+- the decode loop (`EngineConfig.compile`): our own loop, a static KV cache allocated once and
+  a compiled one-token step fed its own output, ids checked on the host per chunk
+  (`decode_loop`); single answers only;
+- prompt lookup (`EngineConfig.prompt_lookup`, through `generate`, also when compile is on):
+  up to N draft tokens copied from where the last tokens already occur in the prompt or the
+  text so far (transformers' `prompt_lookup_num_tokens`), verified in one forward pass and kept
+  only where greedy decoding agrees. Fewer forward passes per token, same tokens (up to the
+  rounding of a k-token pass against k one-token passes, which bf16 kernels can turn at a
+  near-tie).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .prefix_cache import cache_kwarg
 from .types import StopCallback, TextCallback, TextEnd
 
-# Decode steps of the warm-up: CUDA graph trees compile on the first call, record on the second
-# and replay from the third; a few more cover the stopping and streaming code around them.
-WARMUP_TOKENS = 6
 # Question tokens the static cache leaves room for beyond the fixed prompt (about 1000
-# characters of English); a longer prompt decodes on the eager path instead.
+# characters of English); a longer prompt decodes through generate instead.
 QUESTION_TOKEN_ALLOWANCE = 256
 CACHE_ROUNDING = 128
 
@@ -39,43 +35,12 @@ def compile_enabled(setting: str, device: str) -> bool:
     return setting == "on"
 
 
-def compile_mode(device: str) -> str:
-    """torch.compile mode of the decode step: CUDA graphs on a GPU (a decode step is hundreds of
-    small kernel launches), plain inductor elsewhere."""
-    return "reduce-overhead" if device.startswith("cuda") else "default"
-
-
 def static_cache_length(longest_prompt: int, max_new_tokens: int) -> int:
-    """Tokens the static cache holds: the longest expected prompt plus max_new_tokens, rounded
-    up (one size for every request: another size would mean another compile)."""
+    """Tokens the decode loop's static cache holds: the longest expected prompt plus
+    max_new_tokens, rounded up (one size for every request: another would mean another
+    compile)."""
     need = longest_prompt + max_new_tokens
     return -(-need // CACHE_ROUNDING) * CACHE_ROUNDING
-
-
-class StaticDecode:
-    """The compiled path's state: one StaticCache reused by every call, and the CompileConfig
-    handed to `generate` (which compiles the model's forward for decode steps only)."""
-
-    def __init__(self, model, max_cache_len: int, device: str):
-        from transformers import CompileConfig, StaticCache
-
-        self.max_cache_len = max_cache_len
-        self.cache = StaticCache(
-            config=model.config.get_text_config(decoder=True), max_cache_len=max_cache_len
-        )
-        self.compile_config = CompileConfig(mode=compile_mode(device))
-        # generate compiles on CUDA only unless told otherwise (the CPU: tests, benchmarks).
-        self.compile_config._compile_all_devices = True
-        self._cache_kwarg = cache_kwarg(model)
-
-    def fits(self, prompt_tokens: int, max_new_tokens: int) -> bool:
-        return prompt_tokens + max_new_tokens <= self.max_cache_len
-
-    def generate_kwargs(self) -> dict:
-        """The cache (emptied) and compile config for one generate call; call under
-        torch.inference_mode (the cache's tensors are inference tensors)."""
-        self.cache.reset()
-        return {self._cache_kwarg: self.cache, "compile_config": self.compile_config}
 
 
 class TextWatch:

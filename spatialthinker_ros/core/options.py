@@ -154,9 +154,9 @@ class EngineConfig:
     )
     compile: str = option(
         "auto",
-        "Static KV cache and a torch.compile'd decode step (CUDA graphs on a GPU), compiled "
-        "while the model loads (about a minute on a GPU): auto (on with CUDA, off on the CPU), "
-        "on (a failed compile fails the load) or off",
+        "Our own decode loop: static KV cache and a torch.compile'd one-token step (CUDA graphs "
+        "on a GPU), compiled while the model loads (about a minute on a GPU): auto (on with "
+        "CUDA, off on the CPU), on (a failed compile fails the load) or off",
         choices=("auto", "on", "off"),
         cli_const="on",
     )
@@ -164,7 +164,7 @@ class EngineConfig:
         0,
         "Prompt-lookup decoding: draft up to N tokens from where the last tokens already occur "
         "in the prompt or the answer so far, verified in one forward pass (greedy: same tokens, "
-        "fewer passes); 0 = off",
+        "fewer passes; through generate, so it replaces the compiled loop); 0 = off",
         int_range=(0, 64),
     )
     gpu_preprocess: bool = option(

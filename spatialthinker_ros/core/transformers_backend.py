@@ -1,7 +1,8 @@
 """In-process backend: Qwen2.5-VL through transformers' `from_pretrained` + greedy `generate`.
 
-Speed paths (static cache + torch.compile, prompt lookup) and the stop hooks are in
-`decoding`; the prompt token cache in `prompt_tokens`. On CUDA the image processor resizes and
+Greedy single answers with compile on run our own decode loop (`decode_loop`); prompt lookup,
+compile off and several questions run `generate` (options and stop hooks in `decoding`); the
+prompt token cache is in `prompt_tokens`. On CUDA the image processor resizes and
 normalises on the model's device.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import decoding
+from . import decode_loop, decoding
 from .geometry import fit_to_pixel_budget
 from .options import EngineConfig, model_reference_problem
 from .prompt import build_prompt, prompt_prefix
@@ -89,18 +90,18 @@ class TransformersBackend:
         self.dtype = None
         self.attention = ""
         self.tokens: PromptTokens | None = None
-        self.static: decoding.StaticDecode | None = None  # the compiled path, when on
+        self.loop: decode_loop.DecodeLoop | None = None  # the compiled decode loop, when on
         self.compile_note = ""  # why compile is off although asked for, or its warm-up time
-        self.lookup_with_compile = True  # False where transformers refuses the combination
         self.warmup_s = 0.0
+        self.last_decode = ""  # the path the last answer took (describe(), diagnostics)
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
 
     def load(self) -> None:
-        """Load the model and processor; with compile on, build the static cache and compile
-        the decode step on a dummy frame (so no request ever pays for it)."""
+        """Load the model and processor; with compile on, build the decode loop's static cache
+        and compile its step on a dummy frame (so no request ever pays for it)."""
         if self.loaded:
             return
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -137,19 +138,23 @@ class TransformersBackend:
         self.model = model.to(self.device).eval()
         self.tokens = PromptTokens(self.processor)
         if decoding.compile_enabled(self.config.compile, self.device):
-            self._compile()
+            if self.config.prompt_lookup > 0:  # the loop would never run
+                self.compile_note = "off (prompt lookup decodes through generate)"
+            else:
+                self._compile()
 
     def _compile(self) -> None:
-        """Static cache + compiled decode step, warmed up on a dummy frame. A failure is a load
-        error when compile is "on"; with "auto" the backend decodes eagerly and says why."""
+        """The decode loop: static cache + compiled step, warmed up on a dummy frame. A failure
+        is a load error when compile is "on"; with "auto" the backend decodes eagerly and says
+        why."""
         longest = self._longest_prompt_tokens()
         length = decoding.static_cache_length(longest, self.config.max_new_tokens)
         t0 = time.perf_counter()
         try:
-            self.static = decoding.StaticDecode(self.model, length, self.device)
+            self.loop = decode_loop.DecodeLoop(self.model, length, self.device)
             self._warm_up()
         except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways
-            self.static = None
+            self.loop = None
             reason = type(exc).__name__ + (f": {str(exc).strip().splitlines()[0]}"
                                            if str(exc).strip() else "")  # fmt: skip
             if self.config.compile == "on":
@@ -159,7 +164,8 @@ class TransformersBackend:
             log.warning("compile: %s; decoding eagerly", self.compile_note)
             return
         self.warmup_s = time.perf_counter() - t0
-        self.compile_note = f"on (static cache of {length} tokens, warm-up {self.warmup_s:.1f} s)"
+        self.compile_note = (f"on (decode loop, static cache of {length} tokens, "
+                             f"{self.loop.chunk}-token chunks, warm-up {self.warmup_s:.1f} s)")
         log.info("compile: %s", self.compile_note)
 
     def _longest_prompt_tokens(self) -> int:
@@ -180,28 +186,22 @@ class TransformersBackend:
         return image_tokens + text_tokens + decoding.QUESTION_TOKEN_ALLOWANCE
 
     def _warm_up(self) -> None:
-        """Compile (and record the CUDA graphs of) the decode step: a few greedy tokens about a
-        grey frame, through the same generate call answers use."""
+        """Compile (and record the CUDA graphs of) the decode step on a grey frame. The step's
+        shapes do not depend on the prompt (one token, a cache of fixed length), so this one
+        graph serves every prompt length and frame size."""
+        import torch
+
         frame = Image.new("RGB", (224, 224), (128, 128, 128))
         prompt = build_prompt("Where is the object?", *frame.size, style=self.config.prompt_style)
-        n = decoding.WARMUP_TOKENS
-        self._generate_ids(self.encode(frame, prompt), max_new_tokens=n, min_new_tokens=n,
-                           lookup=False)  # fmt: skip
-        if self.config.prompt_lookup > 0:
-            try:
-                self._generate_ids(self.encode(frame, prompt), max_new_tokens=n,
-                                   min_new_tokens=n, lookup=True)  # fmt: skip
-            except ValueError as exc:  # transformers < 5.24: "assisted generate is not
-                # supported with Static cache classes"
-                self.lookup_with_compile = False
-                log.warning("prompt_lookup is off while compiled: %s", exc)
+        with torch.inference_mode():
+            decode_loop.warm_up(self.loop, self.encode(frame, prompt))
 
     def unload(self) -> None:
         was_cuda = self.device.startswith("cuda")
         self.model = None
         self.processor = None
         self.tokens = None
-        self.static = None
+        self.loop = None
         gc.collect()
         if was_cuda:
             import torch
@@ -228,10 +228,7 @@ class TransformersBackend:
 
     def describe(self) -> dict[str, str]:
         lookup = self.config.prompt_lookup
-        if lookup and self.static is not None and not self.lookup_with_compile:
-            lookup_text = "off (transformers refuses it with the static cache)"
-        else:
-            lookup_text = f"{lookup} draft tokens" if lookup else "off"
+        lookup_text = f"{lookup} draft tokens (through generate)" if lookup else "off"
         return {
             "backend": self.name,
             "model": self.config.model,
@@ -240,6 +237,7 @@ class TransformersBackend:
             "attention": self.attention,
             "compile": self.compile_note or "off",
             "prompt_lookup": lookup_text,
+            "last_decode": self.last_decode or "none yet",
             "prompt_token_cache": "on" if self.tokens is None or self.tokens.enabled
             else self.tokens.problem,
         }
@@ -313,26 +311,54 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ generation
 
-    def _speed_kwargs(self, prompt_tokens: int, max_new_tokens: int, lookup: bool) -> dict:
-        """Static cache + compile config when compiled (and the prompt fits the cache), and the
-        prompt-lookup draft length when asked for; call under torch.inference_mode."""
-        kwargs: dict = {}
-        compiled = self.static is not None and self.static.fits(prompt_tokens, max_new_tokens)
-        if compiled:
-            kwargs.update(self.static.generate_kwargs())
-        if lookup and self.config.prompt_lookup > 0 and (self.lookup_with_compile or not compiled):
-            kwargs["prompt_lookup_num_tokens"] = self.config.prompt_lookup
-        return kwargs
+    def _loop_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why this answer cannot take the decode loop (None: it can)."""
+        if self.loop is None:
+            return "compile off" if not self.compile_note else self.compile_note
+        if self.config.prompt_lookup > 0:
+            return f"prompt lookup {self.config.prompt_lookup}"
+        if not self.loop.fits(prompt_tokens, max_new_tokens):
+            return f"prompt of {prompt_tokens} tokens longer than the static cache allows"
+        return decode_loop.generation_config_problem(self.model.generation_config)
 
-    def _generate_ids(self, inputs, *, lookup: bool = True, **kwargs):
-        """Greedy `generate` on the speed path the config asks for; the generated ids (1-D)."""
+    def _generate_ids(self, inputs, **kwargs) -> list[int]:
+        """Greedy `generate` (with prompt lookup when asked for); the generated ids."""
         import torch
 
+        if self.config.prompt_lookup > 0:
+            kwargs["prompt_lookup_num_tokens"] = self.config.prompt_lookup
         n_prompt = inputs["input_ids"].shape[1]
         with torch.inference_mode():
-            kwargs.update(self._speed_kwargs(n_prompt, kwargs["max_new_tokens"], lookup))
             output = self.model.generate(**inputs, do_sample=False, **kwargs)
-        return output[0, n_prompt:]
+        return output[0, n_prompt:].tolist()
+
+    def _loop_ids(self, inputs, max_new_tokens: int, watch: decoding.TextWatch | None,
+                  stop: StopCallback | None, streamer) -> list[int]:  # fmt: skip
+        """The decode loop's ids; each chunk goes to the watch, the streamer and `stop`."""
+        import torch
+
+        fed = 0
+
+        def check(new: Sequence[int]) -> bool:
+            nonlocal fed
+            if watch is not None:
+                watch.feed(new, fed)
+            fed += len(new)
+            if streamer is not None:
+                streamer.put(torch.tensor(new))  # passes on none past the watch's stop
+            if watch is not None and watch.stop_at is not None:
+                return True
+            return stop is not None and stop()
+
+        if streamer is not None:
+            streamer.next_tokens_are_prompt = False  # it gets generated ids only
+        with torch.inference_mode():
+            ids = self.loop.run(inputs, max_new_tokens=max_new_tokens,
+                                eos=decode_loop.end_tokens(self.model.generation_config),
+                                check=check)  # fmt: skip
+        if streamer is not None:
+            streamer.end()
+        return ids
 
     def generate(
         self,
@@ -351,20 +377,28 @@ class TransformersBackend:
         tokenizer = self.processor.tokenizer
         watch = decoding.TextWatch(tokenizer, end_when, n_prompt) if end_when else None
         stop = _StopFlag(should_stop)
-        kwargs: dict = {"max_new_tokens": max_new_tokens}
-        criteria = decoding.stopping_criteria(
-            stop if should_stop is not None else None, [watch] if watch else []
-        )
-        if criteria is not None:
-            kwargs["stopping_criteria"] = criteria
-        if on_text is not None:
-            kwargs["streamer"] = decoding.callback_streamer(tokenizer, on_text, watch)
+        streamer = (decoding.callback_streamer(tokenizer, on_text, watch)
+                    if on_text is not None else None)  # fmt: skip
         t1 = time.perf_counter()
-        new_tokens = self._generate_ids(inputs, **kwargs)
+        problem = self._loop_problem(n_prompt, max_new_tokens)
+        if problem is None:
+            self.last_decode = "decode loop (compiled)"
+            ids = self._loop_ids(inputs, max_new_tokens, watch,
+                                 stop if should_stop is not None else None, streamer)  # fmt: skip
+        else:
+            self.last_decode = f"generate ({problem})"
+            kwargs: dict = {"max_new_tokens": max_new_tokens}
+            criteria = decoding.stopping_criteria(
+                stop if should_stop is not None else None, [watch] if watch else []
+            )
+            if criteria is not None:
+                kwargs["stopping_criteria"] = criteria
+            if streamer is not None:
+                kwargs["streamer"] = streamer
+            ids = self._generate_ids(inputs, **kwargs)
         generate_s = time.perf_counter() - t1
         if stop.fired:
             raise GenerationStopped("generation stopped before it finished")
-        ids = new_tokens.tolist()
         if watch is not None:
             ids = list(watch.trim(ids))
         text = self.processor.decode(ids, skip_special_tokens=True)
@@ -423,6 +457,7 @@ class TransformersBackend:
             raise GenerationStopped("generation stopped before it finished")
         if outputs is None:
             return one_by_one()
+        self.last_decode = f"generate ({len(prompts)} questions, shared image prefix)"
         generations = []
         for i, o in enumerate(outputs):
             ids = list(watches[i].trim(o.token_ids)) if watches else list(o.token_ids)
