@@ -27,7 +27,7 @@ MODES = ("none", "int8", "int4")
 # int4 group sizes the kernels take, largest first: each layer gets the largest that divides its
 # in_features (Qwen2.5-VL-3B: 2048 and 11008 = 86 x 128, so 128 everywhere).
 INT4_GROUP_SIZES = (128, 64, 32)
-INSTALL_HINT = "pip install 'spatialthinker_ros[quant]' (torchao)"
+INSTALL_HINT = "pip install 'spatialthinker_ros[quant]'"
 
 
 def _fail(mode: str, device: str, reason: object) -> ModelLoadError:
