@@ -170,3 +170,13 @@ def test_int4_group_size_divides_every_qwen_shape() -> None:
         assert size is not None and in_features % size == 0
     assert quantization.int4_group_size(2048) == quantization.int4_group_size(11008) == 128
     assert quantization.int4_group_size(40) is None
+
+
+def test_option_values_and_the_eval_settings_record() -> None:
+    from spatialthinker_ros.evaluation.runner import eval_settings
+
+    assert any("quantization must be one of none, int8, int4" in p
+               for p in EngineConfig(quantization="int3").problems())  # fmt: skip
+    # Recorded only when on: results files from before the option still resume.
+    assert "quantization" not in eval_settings(EngineConfig())
+    assert eval_settings(EngineConfig(quantization="int4"))["quantization"] == "int4"
