@@ -41,7 +41,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def config_for(mode: str, device_type: str, group_size: int = 128) -> Any:
-    """The torchao config of `mode` on a device type ("cuda" or "cpu")."""
+    """The torchao config of `mode` on a device type ("cuda" or "cpu"). torchao's default
+    `set_inductor_config=True` stays: it sets inductor's recommended options (coordinate descent
+    tuning, mixed int8 matmuls) for the whole process, which its published speeds assume."""
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
     if mode == "int8":
