@@ -45,7 +45,9 @@ setup(
     extras_require={
         "remote": ["openai>=1.40", "httpx>=0.27"],
         "eval": ["pyarrow>=14"],  # CV-Bench / BLINK parquet files (spatialthinker-ros eval)
-        "planner": ["py-trees>=2.2"],  # spatialthinker_ros.ros.behaviours (py_trees behaviour)
+        "planner": ["py-trees>=2.2"],
+        # --quantization int8|int4 (weight-only, core/quantization.py); 0.18 checked with torch 2.14
+        "quant": ["torchao>=0.18"],  # spatialthinker_ros.ros.behaviours (py_trees behaviour)
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -60,6 +62,7 @@ setup(
             "pyarrow>=14",  # the eval tests write and read benchmark parquet files
             "py-trees>=2.2",  # the behaviour-tree tests tick a real tree
             "foxglove-sdk>=0.30",  # its typed panel models check the shipped Foxglove layout
+            "torchao>=0.18",  # the quantization tests load int8 / int4 models
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},

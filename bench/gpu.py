@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="memory bandwidth for the ceiling (H200: 4.8 TB/s)")
     parser.add_argument("--budget-s", type=float, default=380.0,
                         help="skip sections that would start after this many seconds")
+    parser.add_argument("--quant", action="store_true",
+                        help="also the quantization rows (bf16/int8/int4, bench/gpu_quant.py)")
+    parser.add_argument("--quant-only", action="store_true", help="only the quantization rows")
     parser.add_argument("--model-dir", help="reuse a model directory written by an earlier run")
     parser.add_argument("--out", type=Path, help="directory for gpu.json and gpu.md")
     args = parser.parse_args(argv)
@@ -405,6 +408,9 @@ def run(args, report: Report, cuda: bool) -> None:
 
     base = EngineConfig(model=str(model_dir), device=device, dtype=dtype_name,
                         attn_implementation="sdpa", max_new_tokens=n_out, compile="off")
+    if args.quant_only:
+        run_quantization(args, report, clock, base, n_out)
+        return
     started = time.perf_counter()
     eager = SpatialThinkerEngine(base)
     eager.load()
@@ -569,8 +575,21 @@ def run(args, report: Report, cuda: bool) -> None:
         except Exception as exc:  # noqa: BLE001
             report.failure("preprocessing", exc)
     report.section("preprocessing", started)
+    if args.quant and budget_left() > 3 * PATH_BUDGET_S:
+        for engine in (eager, compiled):  # their memory must not count in the quantized peaks
+            if engine is not None:
+                engine.unload()
+        run_quantization(args, report, clock, base, n_out)
     if not args.model_dir:
         shutil.rmtree(tmp.name, ignore_errors=True)
+
+
+def run_quantization(args, report: Report, clock: Clock, base, n_out: int) -> None:
+    """bench/gpu_quant.py's rows (issue 20) on the same model directory and frame."""
+    from gpu_quant import quantization_rows
+
+    quantization_rows(report, args, clock, base, noise_rgb(640, 480, seed=2), *QUESTION, n_out,
+                      no_end_token)  # fmt: skip
 
 
 def _same(ids: tuple, reference: tuple) -> str:

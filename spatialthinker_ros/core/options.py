@@ -160,6 +160,14 @@ class EngineConfig:
         choices=("auto", "on", "off"),
         cli_const="on",
     )
+    quantization: str = option(
+        "none",
+        "Weight-only quantization of the language model's linear layers at load (torchao; "
+        "vision tower, embedding and lm_head stay in dtype): none, int8 (per-row) or int4 "
+        "(groups of 128; on CUDA needs bfloat16 and an sm80+ GPU). A device without the "
+        "kernel fails the load",
+        choices=("none", "int8", "int4"),
+    )
     prompt_lookup: int = option(
         0,
         "Prompt-lookup decoding: draft up to N tokens from where the last tokens already occur "
@@ -282,6 +290,9 @@ def engine_option_problems(values: Mapping[str, Any]) -> list[str]:
             problem = option_problem(opt, value)
         if problem is not None:
             found.append(problem)
+    if values.get("backend") == "openai" and values.get("quantization", "none") != "none":
+        found.append("quantization applies to the in-process transformers backend; with backend "
+                     "openai the server's own quantization applies")
     low, high = values.get("min_pixels"), values.get("max_pixels")
     if isinstance(low, int) and isinstance(high, int) and low > high:
         found.append(f"min_pixels ({low}) must not exceed max_pixels ({high})")

@@ -23,6 +23,7 @@ from .geometry import fit_to_pixel_budget
 from .options import EngineConfig, model_reference_problem
 from .prompt import build_prompt, prompt_prefix
 from .prompt_tokens import PromptTokens
+from .quantization import quantize_language_model
 from .types import (
     EngineError,
     Generation,
@@ -94,6 +95,7 @@ class TransformersBackend:
         self.compile_note = ""  # why compile is off although asked for, or its warm-up time
         self.warmup_s = 0.0
         self.last_decode = ""  # the path the last answer took (describe(), diagnostics)
+        self.quantization = "none"  # what quantize_language_model did
 
     @property
     def loaded(self) -> bool:
@@ -122,6 +124,11 @@ class TransformersBackend:
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 source, dtype=self.dtype, attn_implementation=self.attention
             )
+            self.quantization = quantize_language_model(model, self.config.quantization,
+                                                        self.device)  # fmt: skip
+        except ModelLoadError:
+            self.processor = None
+            raise
         except (OSError, ValueError) as exc:
             self.processor = None
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -234,6 +241,7 @@ class TransformersBackend:
             "model": self.config.model,
             "device": self.device,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "quantization": self.quantization,
             "attention": self.attention,
             "compile": self.compile_note or "off",
             "prompt_lookup": lookup_text,

@@ -178,7 +178,8 @@ def format_report(report: Report) -> str:
     s = f.settings
     lines = [
         f"model {s.get('model')}, prompt {s.get('prompt_style')}, pixels {s.get('min_pixels')}"
-        f"..{s.get('max_pixels')}, max {s.get('max_new_tokens')} new tokens, greedy",
+        f"..{s.get('max_pixels')}, max {s.get('max_new_tokens')} new tokens, greedy"
+        + (f", quantization {s['quantization']}" if s.get("quantization") else ""),
         "",
     ]
     header = f"{'':<34}{'n':>6}{'correct':>9}{'accuracy':>10}{'paper':>8}{'diff':>8}"

@@ -53,6 +53,8 @@ def eval_settings(config: EngineConfig) -> dict[str, Any]:
         "min_pixels": config.min_pixels,
         "max_pixels": config.max_pixels,
         "max_new_tokens": config.max_new_tokens,
+        # only when on: results files written before the option existed still resume
+        **({"quantization": config.quantization} if config.quantization != "none" else {}),
     }
 
 
