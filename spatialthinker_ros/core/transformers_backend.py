@@ -11,6 +11,7 @@ import gc
 import importlib.util
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in torch's messages
 
 
 def validate_model_reference(model: str) -> str:
@@ -121,7 +123,8 @@ class TransformersBackend:
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 source, dtype=self.dtype, attn_implementation=self.attention
             )
-        except (OSError, ValueError) as exc:
+            tokens = PromptTokens(self.processor)  # renders the chat template once
+        except Exception as exc:  # noqa: BLE001 - a damaged folder fails in any way: one line
             self.processor = None
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
             hint = (
@@ -130,12 +133,13 @@ class TransformersBackend:
                 if offline and not Path(source).exists()
                 else ""
             )
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
+            lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+            first_line = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+            if len(first_line) < 12:  # a bare KeyError('x'): its type says more
+                first_line = f"{type(exc).__name__}: {first_line}".rstrip(": ")
             raise ModelLoadError(f"could not load model {source!r}{hint}: {first_line}") from exc
         self.model = model.to(self.device).eval()
-        self.tokens = PromptTokens(self.processor)
+        self.tokens = tokens
         if decoding.compile_enabled(self.config.compile, self.device):
             self._compile()
 
