@@ -44,7 +44,7 @@ def input_file_problem(path: Path) -> str | None:
     """Why `path` cannot be read as a file (missing, a directory, a pipe, a device), or None."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return f"{path} does not exist"
     except OSError as exc:
         return f"{path}: {exc.strerror}"
@@ -82,7 +82,7 @@ def output_file_problem(path: Path, make_parents: bool = True) -> str | None:
     or an absent one that can be created."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if os.path.islink(path):
             return f"{path} is a dangling symbolic link"
         return creatable_problem(path, make_parents)
@@ -101,7 +101,7 @@ def output_dir_problem(path: Path) -> str | None:
     """Why `path` cannot be used as an output directory (existing or created), or None."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return creatable_problem(path)
     except OSError as exc:
         return f"{path}: {exc.strerror}"
