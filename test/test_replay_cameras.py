@@ -182,3 +182,63 @@ def test_cli_mismatched_topic_counts_fail_before_the_model_loads(tmp_path):
         (line,) = run.stderr.strip().splitlines()
         assert line.startswith("spatialthinker-ros: error: ") and message in line, line
         assert "no-such-model" not in line and not (tmp_path / "out").exists()
+
+
+def test_depth_of_another_camera_gives_no_positions(fitted_engine, tmp_path):
+    """Issue 21 red team: camera2's depth paired with camera1's image (a crossed --depth-topic;
+    stamps 10 ms apart, inside the tolerance) was used as if aligned, giving camera2's
+    distances as camera1's objects' positions. Now its frame_id says it is another camera's:
+    no 3D positions, the reason in the run's warnings."""
+    bag = write_sample_bag(tmp_path / "in", frames=1, cameras=2)
+    config = ReplayConfig(
+        in_bag=bag,
+        out_bag=tmp_path / "out",
+        cameras=camera_topics([CAM1.image_topic], [CAM2.depth_topic], [CAM1.camera_info_topic]),
+        questions=("Where is the cube?",),
+        choices=("left", "right"),
+        progress=False,
+    )
+    s = run_replay(config, fitted_engine)
+    assert s.frames_answered == 1 and s.positions == 0
+    assert any(f"is in frame '{CAM2.frame_id}'" in w for w in s.warnings), s.warnings
+    (answer,) = [m for _, m in read_bag(tmp_path / "out")["/spatialthinker/answer"]]
+    assert not any(o.has_position for o in answer.scene_graph.objects)
+
+
+def test_aligned_depth_refuses_other_frames_and_aspect_ratios():
+    """The rule itself: depth or camera_info in another frame_id, or of another aspect ratio
+    than the colour image or the camera_info (a resolution switched mid-stream), gives no
+    positions and says why; a uniformly scaled depth image (half size) is fine."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from spatialthinker_ros.core.depth import AlignedDepth
+    from spatialthinker_ros.core.scene import Box, SceneGraph, SceneObject
+
+    def depth(w: int, h: int, frame: str = "cam") -> SimpleNamespace:
+        data = np.full((h, w), 1000, np.uint16).tobytes()
+        return SimpleNamespace(header=SimpleNamespace(frame_id=frame), encoding="16UC1",
+                               width=w, height=h, step=2 * w, data=data, is_bigendian=0)
+
+    def info(w: int, h: int, frame: str = "cam") -> SimpleNamespace:
+        return SimpleNamespace(header=SimpleNamespace(frame_id=frame), width=w, height=h,
+                               k=[500.0, 0, w / 2, 0, 500.0, h / 2, 0, 0, 1])
+
+    graph = SceneGraph(objects=(SceneObject("cube.1", "cube", Box(10, 10, 100, 100)),))
+    cases = [
+        (depth(320, 240), info(640, 480), "", None),
+        (depth(640, 480, "other_cam"), info(640, 480), "is in frame 'other_cam'", None),
+        (depth(640, 480), info(640, 480, "other_cam"), "camera_info is in frame", None),
+        (depth(640, 360), info(640, 360), "aligned with the colour image", None),
+        (depth(640, 480), info(1280, 720), "aligned with the camera_info", None),
+        (depth(640, 480), info(640, 480), "", ""),  # no frame_id known: not judged
+    ]
+    for d, i, error, frame in cases:
+        aligned = AlignedDepth(d, i, (640, 480), image_frame_id="cam" if frame is None else frame)
+        located = aligned.locate(graph)
+        if error:
+            assert located.objects[0].position is None and error in aligned.error, aligned.error
+        else:
+            assert located.objects[0].position is not None and not aligned.error
+            assert located.objects[0].position[2] == pytest.approx(1.0)
