@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import os
 import re
-from contextlib import suppress
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,37 @@ class OutputPaths:
         pairs = [("--out", self.out_bag), ("--jsonl", self.jsonl)]
         pairs.append(("--save-frames", self.save_frames))
         return [(flag, Path(p)) for flag, p in pairs if p is not None]
+
+
+class _Deferred:
+    requested = False
+
+
+@contextmanager
+def sigint_deferred(raise_after: bool = True) -> Iterator[_Deferred]:
+    """Ctrl-C held back while the block runs (opening or closing the output bag: a
+    KeyboardInterrupt inside rosbags' writer leaves a bag without its index or metadata);
+    raised after it (`raise_after`), or left in `.requested` for the caller. Main thread only
+    (elsewhere the block just runs)."""
+    state = _Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # ignored, or someone else's: leave it
+        yield state
+        return
+
+    def hold(_signum, _frame) -> None:
+        state.requested = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if state.requested and raise_after:
+        raise KeyboardInterrupt
 
 
 class OutputBag:
@@ -181,11 +215,12 @@ class ReplayOutputs:
             raise
 
     def close(self) -> None:
-        try:
-            if self.jsonl is not None:
-                self.jsonl.close()
-        finally:
-            self.bag.close()
+        with sigint_deferred():
+            try:
+                if self.jsonl is not None:
+                    self.jsonl.close()
+            finally:
+                self.bag.close()
 
     def __enter__(self) -> ReplayOutputs:
         return self

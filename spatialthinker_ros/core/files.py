@@ -71,7 +71,9 @@ def creatable_problem(path: Path, make_parents: bool = True) -> str | None:
             return f"the folder of {path} does not exist"
         return f"{folder} is not a directory"
     try:  # a real probe: permission bits do not bind root, a read-only mount does
-        os.rmdir(tempfile.mkdtemp(prefix=".spatialthinker-probe-", dir=folder))
+        fd, probe = tempfile.mkstemp(prefix=".spatialthinker-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         return f"cannot write in {folder}: {exc.strerror}"
     return None
