@@ -242,3 +242,71 @@ def test_aligned_depth_refuses_other_frames_and_aspect_ratios():
         else:
             assert located.objects[0].position is not None and not aligned.error
             assert located.objects[0].position[2] == pytest.approx(1.0)
+
+
+def _hostile_depth_bag(out: Path, huge: int = 100_000) -> Path:
+    """Two cameras, 3 frames: camera 1's depth 32FC1 metres with NaN / +inf / -inf bands
+    around valid objects, camera 2's depth 16UC1 all zero; frame 1 of each with a `huge`-byte
+    frame_id; frame 2's CameraInfo for 1280 x 720 (the resolution switched mid-stream)."""
+    import dataclasses
+
+    import numpy as np
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from spatialthinker_ros.bag_types import new_message
+    from spatialthinker_ros.sample_bag import HEIGHT, WIDTH, _camera_messages, render_frame
+
+    store = make_typestore()
+    writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
+    image_type, info_type = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"
+    with writer:
+        conns = {}
+        for cam in (CAM1, CAM2):
+            for topic, msgtype in ((cam.image_topic, image_type), (cam.depth_topic, image_type),
+                                   (cam.camera_info_topic, info_type)):
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+        for i in range(3):
+            for k, cam in enumerate((CAM1, CAM2)):
+                frame = render_frame(i, k)
+                named = dataclasses.replace(cam, frame_id="f" * huge) if i == 1 else cam
+                for topic, msg, msgtype in _camera_messages(store, named, frame):
+                    if topic == cam.depth_topic and k == 0:
+                        m = frame.depth_mm.astype(np.float32) / 1000
+                        m[:, :60], m[:50], m[430:] = np.nan, np.inf, -np.inf
+                        msg = new_message(store, image_type, header=msg.header, height=HEIGHT,
+                                          width=WIDTH, encoding="32FC1", step=WIDTH * 4,
+                                          data=m.view(np.uint8).reshape(-1))
+                    elif topic == cam.depth_topic:
+                        msg = new_message(store, image_type, header=msg.header, height=HEIGHT,
+                                          width=WIDTH, encoding="16UC1", step=WIDTH * 2,
+                                          data=np.zeros(WIDTH * HEIGHT * 2, np.uint8))
+                    elif topic == cam.camera_info_topic and i == 2:
+                        msg = new_message(store, info_type, header=msg.header, height=720,
+                                          width=1280, distortion_model=msg.distortion_model,
+                                          d=msg.d, k=msg.k * 2, r=msg.r, p=msg.p * 2)
+                    writer.write(conns[topic], frame.stamp_ns, store.serialize_cdr(msg, msgtype))
+    return out
+
+
+def test_cameras_with_hostile_depth_and_a_resolution_switch(fitted_engine, tmp_path):
+    """Issue 21 red team. 32FC1 with NaN and inf: positions from the valid pixels only (the
+    same 1.5 m / 2.0 m as clean depth); 16UC1 zeros: no positions, never 0 m; a 100 kB
+    frame_id: carried through, the warnings stay short; CameraInfo for 1280 x 720 with
+    640 x 480 depth (another aspect ratio): no positions, one warning (before: K scaled
+    non-uniformly and wrong positions given)."""
+    bag = _hostile_depth_bag(tmp_path / "in")
+    config = ReplayConfig(in_bag=bag, out_bag=tmp_path / "out", cameras=two_cameras(),
+                          questions=("Where is the cube?",), choices=("left", "right"),
+                          jsonl=tmp_path / "r.jsonl", progress=False)
+    s = run_replay(config, fitted_engine)
+    assert (s.frames_answered, s.positions) == (6, 4)
+    assert all(len(w) < 400 for w in s.warnings)
+    assert any("not aligned with the camera_info (1280 x 720)" in w for w in s.warnings)
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    positions = [[o["position"] for o in r["scene_graph"]["objects"]] for r in records]
+    assert [r["camera"] for r in records] == ["camera", "camera2"] * 3
+    assert [len(r["frame_id"]) for r in records][2:4] == [100_000, 100_000]
+    for z in (positions[0], positions[2]):
+        assert [p[2] for p in z] == pytest.approx([1.5, 2.0], abs=0.01)
+    assert positions[1] == positions[3] == positions[5] == [None, None]
+    assert positions[4] == [None, None]
