@@ -204,17 +204,17 @@ def test_preflight_errors_come_before_the_model(tmp_path):
     assert run.returncode == 2 and "no-such-model" in run.stderr and not (tmp_path / "out").exists()
 
 
-def test_jsonl_write_failure_stops_cleanly(fitted_model_dir, tmp_path):
-    """/dev/full: the first JSONL write fails; the run stops with a one-line error and the
-    output bag is closed and readable."""
-    bag = write_sample_bag(tmp_path / "in", frames=3)
-    run = cli(*replay_args(bag, tmp_path / "out", fitted_model_dir, "--jsonl", "/dev/full"))
-    assert run.returncode == 1, run.stderr
-    assert "spatialthinker-ros: error: cannot write --jsonl /dev/full: No space left" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert "output bag closed cleanly" in run.stdout
-    out = read_bag(tmp_path / "out")
-    assert len(out["/spatialthinker/answer"]) == 1  # written before its JSONL line failed
+def test_jsonl_on_a_device_is_refused_before_the_model_loads(tmp_path):
+    """/dev/full (before: accepted, the first write failed after the model loaded, exit 1) and
+    /dev/stdout are not regular files: refused up front (issue 21), nothing created. A disk
+    that fills up mid-run: `test_disk_full_mid_run_stops_cleanly`."""
+    bag = write_sample_bag(tmp_path / "in", frames=1)
+    for device in ("/dev/full", "/dev/stdout"):
+        run = cli(*replay_args(bag, tmp_path / "out", tmp_path / "no-such-model", "--jsonl",
+                               device))
+        assert run.returncode == 2, run.stderr
+        assert f"--jsonl {device} is a" in run.stderr and "a regular file is wanted" in run.stderr
+        assert not (tmp_path / "out").exists()
 
 
 def _small_disk_runner(tmp: Path, size: str) -> list[str]:
