@@ -18,6 +18,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 
+from ..core.files import write_atomic
 from ..core.text import one_line, safe_text
 from .errors import OutputError, ReplayError
 
@@ -159,8 +160,8 @@ class JsonlSink:
 class FrameSaver:
     """Annotated frames as `<index>_<stamp ns>.png`, or `<index>_<stamp ns>_<camera>.png` (the
     camera name's "/" as "."), the index counting the saved frames of every camera (stamps may
-    repeat). A file is created exclusively (never overwrites) and removed if its write
-    fails, so the directory only holds complete PNGs."""
+    repeat). A PNG is written to a temporary file, then linked to its name (never overwriting
+    a file), so the directory only holds complete PNGs, also after a failed write or a kill."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -178,22 +179,10 @@ class FrameSaver:
         data = buffer.getbuffer()
         suffix = "_" + re.sub(r"[^A-Za-z0-9_]", ".", camera) if camera else ""
         path = self.directory / f"{self.count:06d}_{stamp_ns}{suffix}.png"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:  # a temporary file linked to the name: never overwrites, never a part PNG
+            write_atomic(path, data, overwrite=False)
         except OSError as exc:
-            raise OutputError(f"cannot write frame {path}: {exc.strerror}") from exc
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-        except BaseException as exc:
-            os.close(fd)
-            with suppress(OSError):
-                path.unlink()
-            if isinstance(exc, OSError):
-                raise OutputError(f"cannot write frame {path}: {exc.strerror}") from exc
-            raise
-        os.close(fd)
+            raise OutputError(f"cannot write frame {path}: {exc.strerror or exc}") from exc
         self.count += 1
         return path
 

@@ -167,10 +167,11 @@ class LineFile:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, overwrite: bool = True) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename: `path`
-    holds the old file or the complete new one, never part of it. OSError on failure (the
-    temporary file removed)."""
+    holds the old file or the complete new one, never part of it, even after a kill. Without
+    `overwrite` the temporary file is linked to `path` instead (FileExistsError if taken).
+    OSError on failure (the temporary file removed)."""
     path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
     try:
@@ -181,7 +182,11 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
             written += os.write(fd, view[written:])
         os.close(fd)
         fd = -1
-        os.replace(temp, path)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+            os.unlink(temp)
     except BaseException:
         if fd >= 0:
             os.close(fd)
