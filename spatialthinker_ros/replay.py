@@ -61,6 +61,7 @@ def run_replay(
         )
         reader = FrameReader(config, store, summary, on_image=bar.update)
         answer = FrameAnswerer(config, engine, store, stop)
+        outputs = None
         try:
             # Ctrl-C while the outputs open is taken once they can be closed readable.
             with sigint_deferred(raise_after=False) as opening:
@@ -82,6 +83,7 @@ def run_replay(
             summary.output_error = str(exc)
         finally:
             bar.close()
+            summary.bag_cut = outputs is not None and outputs.bag.close_failed
     finally:
         bag.close()
     summary.elapsed_s = time.perf_counter() - t0

@@ -268,3 +268,19 @@ def test_disk_full_mid_run_stops_cleanly(fitted_model_dir, tmp_path, output, siz
             image.load()  # a cut PNG fails here
     assert 1 <= len(records) and 1 <= len(pngs)
     assert abs(len(records) - len(pngs)) <= 1  # the failing output stopped the run
+
+
+def test_output_bag_on_a_full_disk_says_it_is_cut(fitted_model_dir, tmp_path):
+    """The output bag itself on a disk that fills up: its close (index, summary) fails too.
+    One line, exit 1, and the summary says the bag is cut short (before: "output bag closed
+    cleanly" next to "cannot close output bag")."""
+    runner = _small_disk_runner(tmp_path, "600k")  # less than one 640 x 480 rgb8 frame
+    bag = write_sample_bag(tmp_path / "in", frames=2)
+    command = [sys.executable, "-m", "spatialthinker_ros.cli"]
+    command += replay_args(bag, tmp_path / "disk" / "out", fitted_model_dir)
+    run = subprocess.run([*runner, *command], env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "No space left on device" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    assert "cut short without its index" in run.stdout and "closed cleanly" not in run.stdout

@@ -83,6 +83,7 @@ class OutputBag:
             raise ReplayError(f"cannot create output bag {path}: {one_line(exc)}") from exc
         self._connections: dict[tuple[str, str], object] = {}
         self._open = True
+        self.close_failed = False  # closing failed (disk full): the bag lacks its index
 
     def write(self, topic: str, msgtype: str, bag_ns: int, data: bytes) -> None:
         try:
@@ -102,6 +103,7 @@ class OutputBag:
         try:
             self._writer.close()
         except Exception as exc:  # noqa: BLE001
+            self.close_failed = True
             raise OutputError(f"cannot close output bag {self.path}: {one_line(exc)}") from exc
 
 
