@@ -195,8 +195,8 @@ class ReplaySummary:
             ) + ")"
         if self.stopped_early:
             text += f"; input stopped early: {self.stopped_early}"
-        closed = ("output bag cut short without its index: replay reads it as far as it goes, "
-                  "`mcap recover` restores its index") if self.bag_cut else \
+        closed = ("output bag cut short: its index or metadata.yaml could not be written; "
+                  "replay reads it as far as it goes") if self.bag_cut else \
             "output bag closed cleanly"
         if self.interrupted:
             text += f"; interrupted ({closed})"

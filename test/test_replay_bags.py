@@ -283,4 +283,4 @@ def test_output_bag_on_a_full_disk_says_it_is_cut(fitted_model_dir, tmp_path):
     errors = [ln for ln in run.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "No space left on device" in errors[0], run.stderr
     assert "Traceback" not in run.stderr
-    assert "cut short without its index" in run.stdout and "closed cleanly" not in run.stdout
+    assert "output bag cut short" in run.stdout and "closed cleanly" not in run.stdout
