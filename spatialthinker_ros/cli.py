@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,10 +127,14 @@ def make_test_model_main(args: argparse.Namespace) -> int:
     problem = output_dir_problem(args.out)
     if problem is not None:
         return fail(problem)
+    existed = args.out.exists()
     try:
         out = build_tiny_model(args.out, fit_text=EXAMPLE_OUTPUT if args.fitted else None)
-    except OSError as exc:
-        return fail(f"cannot write the test model to {args.out}: {one_line(exc)}")
+    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError: a disk full and kin
+        if not existed:  # ours and not a loadable model: nothing left half-written
+            shutil.rmtree(args.out, ignore_errors=True)
+        fail(f"cannot write the test model to {args.out}: {one_line(exc)}")
+        return 1
     print(f"wrote a tiny {'fitted ' if args.fitted else ''}Qwen2.5-VL test model to {out}")
     return 0
 

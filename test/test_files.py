@@ -247,3 +247,16 @@ def test_ask_annotate_on_a_full_disk_leaves_no_part_of_an_image(fitted_model_dir
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "--annotate: cannot write" in lines[-1] and "No space left" in lines[-1]
     assert list((tmp_path / "kept").iterdir()) == []  # neither a cut PNG nor its temp file
+
+
+def test_make_sample_bag_and_make_test_model_on_a_full_disk(tmp_path):
+    """One line, exit 1, and nothing half-written left behind (before: make-test-model ended
+    with safetensors' SafetensorError traceback, a folder without weights left)."""
+    runner = _small_disk_runner(tmp_path, "64k")
+    disk = tmp_path / "disk"
+    for argv in (["make-sample-bag", str(disk / "bag")], ["make-test-model", str(disk / "m")]):
+        done = run(*argv, runner=runner, timeout=300)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        errors = [ln for ln in done.stderr.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and "No space left on device" in errors[0], done.stderr
+    assert list((tmp_path / "kept").iterdir()) == []
