@@ -116,15 +116,20 @@ def test_a_damaged_model_folder_is_one_line_for_ask_replay_and_eval(tiny_model_d
     assert not any((tmp_path / f"out-{m.name}").exists() for m in folders.values())
 
 
-@pytest.mark.parametrize("damage", ["truncated config.json", "config.json a directory"])
+@pytest.mark.parametrize("damage", ["truncated config.json", "config.json a directory",
+                                    "tokenizer.json a FIFO"])
 def test_a_damaged_config_is_one_line(tiny_model_dir, tmp_path, damage):
     """Other instances of the class: a config cut off mid-object; a config.json that is a
-    folder (loaders raise IsADirectoryError or JSON errors)."""
+    folder (loaders raise IsADirectoryError or JSON errors); a FIFO in the folder (the loaders
+    would block on it forever)."""
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
     config = model / "config.json"
     if damage == "truncated config.json":
         config.write_text(config.read_text()[:40])
+    elif damage == "tokenizer.json a FIFO":
+        (model / "tokenizer.json").unlink()
+        os.mkfifo(model / "tokenizer.json")
     else:
         config.unlink()
         config.mkdir()
@@ -138,3 +143,5 @@ def test_a_damaged_config_is_one_line(tiny_model_dir, tmp_path, damage):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("spatialthinker-ros: error: "), last
     assert "could not load model" in last or "config.json" in last, last
+    if damage == "tokenizer.json a FIFO":
+        assert "tokenizer.json is a pipe (FIFO)" in last, last

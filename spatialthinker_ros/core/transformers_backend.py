@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import decoding
+from .files import input_file_problem
 from .geometry import fit_to_pixel_budget
 from .options import EngineConfig, model_reference_problem
 from .prompt import build_prompt, prompt_prefix
@@ -78,6 +79,16 @@ def resolve_attention(attn: str, device: str) -> str:
     return attn
 
 
+def _check_model_files(source: str) -> None:
+    """Every entry of a local model folder is a regular file or a folder (OSError if not)."""
+    folder = Path(source)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            problem = None if entry.is_dir() else input_file_problem(entry)
+            if problem is not None:
+                raise OSError(problem)
+
+
 class TransformersBackend:
     name = "transformers"
     resizes_to_model_size = True  # the processor's smart_resize == geometry.fit_to_pixel_budget
@@ -112,6 +123,7 @@ class TransformersBackend:
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         self.attention = resolve_attention(self.config.attn_implementation, self.device)
         try:
+            _check_model_files(source)  # a FIFO or device would block the loaders or never end
             # Same pixel budget as the engine's resize, so the processor leaves the image as is.
             self.processor = AutoProcessor.from_pretrained(
                 source,
