@@ -4,8 +4,10 @@ demo data."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,14 @@ from .arguments import (
 )
 from .ask_layout import answer_lines, question_lines, scene_lines
 from .core.engine import SpatialThinkerEngine
+from .core.files import (
+    MAX_IMAGE_FILE_BYTES,
+    input_file_problem,
+    output_dir_problem,
+    output_file_problem,
+    read_capped,
+    write_atomic,
+)
 from .core.text import one_line
 from .core.types import EngineError, Result
 from .evaluation.cli import DESCRIPTION, add_eval_arguments, eval_main
@@ -47,32 +57,6 @@ def format_result(result: Result) -> str:
     return "\n".join(lines)
 
 
-def output_file_problem(path: Path) -> str | None:
-    """Why a file cannot be written at `path`, or None (checked before the model loads)."""
-    if path.is_dir():
-        return f"{path} is a directory"
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return f"the folder of {path} does not exist"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"{path} is not writable"
-    return None
-
-
-# An image file larger than this is refused unread (a 33 Mpx uncompressed BMP is ~133 MB);
-# it also bounds reading a device or pipe that never ends (/dev/zero).
-MAX_IMAGE_FILE_BYTES = 256 * 2**20
-
-
-def read_image_file(path: Path, limit: int = MAX_IMAGE_FILE_BYTES) -> bytes:
-    """The bytes of an image file; OSError past `limit` bytes."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(f"larger than {limit // 2**20} MiB")
-    return data
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -92,8 +76,11 @@ def ask_main(args: argparse.Namespace) -> int:
     if problem is not None:
         return fail(problem)
     config = engine_config_from_args(args)
+    problem = input_file_problem(args.image)
+    if problem is not None:
+        return fail(f"cannot read image: {problem}")
     if args.annotate is not None:
-        problem = output_file_problem(args.annotate)
+        problem = output_file_problem(args.annotate, make_parents=False)
         if problem is None and args.annotate.suffix.lower() not in Image.registered_extensions():
             problem = f"{args.annotate}: unknown image file extension (use .png or .jpg)"
         if problem is None and _same_file(args.annotate, args.image):
@@ -104,7 +91,8 @@ def ask_main(args: argparse.Namespace) -> int:
     engine.check_question(args.question, args.choices or ())  # before the model loads
     engine.check_stop_after(args.stop_after)
     try:
-        rgb = decode_compressed(read_image_file(args.image), config.max_image_pixels, FILE_FORMATS)
+        data = read_capped(args.image, MAX_IMAGE_FILE_BYTES)
+        rgb = decode_compressed(data, config.max_image_pixels, FILE_FORMATS)
     except (OSError, ImageConversionError) as exc:
         return fail(f"cannot read image {args.image}: {one_line(exc)}")
     engine.load()
@@ -117,9 +105,12 @@ def ask_main(args: argparse.Namespace) -> int:
         from .core.visualize import draw_scene_graph
 
         annotated = draw_scene_graph(rgb, result.reasoning.scene_graph, result.reasoning.answer)
-        try:
-            Image.fromarray(annotated).save(args.annotate)
-        except (OSError, ValueError) as exc:
+        try:  # encoded in memory, then a temporary file renamed: never a part-written image
+            buffer = io.BytesIO()
+            image_format = Image.registered_extensions()[args.annotate.suffix.lower()]
+            Image.fromarray(annotated).save(buffer, format=image_format)
+            write_atomic(args.annotate, buffer.getbuffer())
+        except (OSError, ValueError, KeyError) as exc:
             return fail(f"--annotate: cannot write {args.annotate}: {one_line(exc)}")
     if args.json:
         print(json.dumps(result_to_dict(result), indent=2))
@@ -133,7 +124,17 @@ def ask_main(args: argparse.Namespace) -> int:
 def make_test_model_main(args: argparse.Namespace) -> int:
     from .testing.tiny_model import EXAMPLE_OUTPUT, build_tiny_model
 
-    out = build_tiny_model(args.out, fit_text=EXAMPLE_OUTPUT if args.fitted else None)
+    problem = output_dir_problem(args.out)
+    if problem is not None:
+        return fail(problem)
+    existed = args.out.exists()
+    try:
+        out = build_tiny_model(args.out, fit_text=EXAMPLE_OUTPUT if args.fitted else None)
+    except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError: a disk full and kin
+        if not existed:  # ours and not a loadable model: nothing left half-written
+            shutil.rmtree(args.out, ignore_errors=True)
+        fail(f"cannot write the test model to {args.out}: {one_line(exc)}")
+        return 1
     print(f"wrote a tiny {'fitted ' if args.fitted else ''}Qwen2.5-VL test model to {out}")
     return 0
 

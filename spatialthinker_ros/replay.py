@@ -27,7 +27,7 @@ from .arguments import (
     engine_config_from_args,
     fail,
 )
-from .bag_io import OutputError, OutputPaths, ReplayError, ReplayOutputs
+from .bag_io import OutputError, OutputPaths, ReplayError, ReplayOutputs, sigint_deferred
 from .bag_types import make_typestore
 from .core.concurrency import ordered_map
 from .core.engine import SpatialThinkerEngine
@@ -52,7 +52,6 @@ def run_replay(
     stop = threading.Event()  # set by ordered_map when the run ends early: requests give up
     try:
         paths = OutputPaths(config.out_bag, config.jsonl, config.save_frames)
-        outputs = ReplayOutputs(paths, config.storage or bag.storage, store)
         counts = [bag.topics[c.image].count for c in config.cameras]
         bar = tqdm(
             total=sum(counts) if min(counts) >= 0 else None,
@@ -62,8 +61,14 @@ def run_replay(
         )
         reader = FrameReader(config, store, summary, on_image=bar.update)
         answer = FrameAnswerer(config, engine, store, stop)
+        outputs = None
         try:
+            # Ctrl-C while the outputs open is taken once they can be closed readable.
+            with sigint_deferred(raise_after=False) as opening:
+                outputs = ReplayOutputs(paths, config.storage or bag.storage, store)
             with outputs:
+                if opening.requested:
+                    raise KeyboardInterrupt
                 writer = OutcomeWriter(outputs, summary)
                 frames = reader.work(prepared)
                 outcomes = ordered_map(answer, frames, config.concurrency, stop=stop)
@@ -78,6 +83,7 @@ def run_replay(
             summary.output_error = str(exc)
         finally:
             bar.close()
+            summary.bag_cut = outputs is not None and outputs.bag.close_failed
     finally:
         bag.close()
     summary.elapsed_s = time.perf_counter() - t0

@@ -114,7 +114,8 @@ class FrameAnswerer:
             return outcome
         depth = None
         if work.depth is not None:
-            depth = AlignedDepth(work.depth, work.camera_info, (rgb.shape[1], rgb.shape[0]))
+            depth = AlignedDepth(work.depth, work.camera_info, (rgb.shape[1], rgb.shape[0]),
+                                 image_frame_id=header.frame_id)
         if work.camera_info_raw is not None:  # Foxglove's 3D panel needs the intrinsics
             outcome.outputs.append(BagRecord(camera.info, CAMERA_INFO, work.camera_info_raw))
         for index, (request, result) in enumerate(zip(requests, results, strict=True)):

@@ -172,6 +172,7 @@ class ReplaySummary:
     stopped_early: str = ""  # why the input ended before its end ("" when read to the end)
     interrupted: bool = False
     output_error: str = ""  # why writing an output failed mid-run (the run stopped there)
+    bag_cut: bool = False  # the output bag could not be closed (its disk full): no index
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -194,8 +195,11 @@ class ReplaySummary:
             ) + ")"
         if self.stopped_early:
             text += f"; input stopped early: {self.stopped_early}"
+        closed = ("output bag cut short: its index or metadata.yaml could not be written; "
+                  "replay reads it as far as it goes") if self.bag_cut else \
+            "output bag closed cleanly"
         if self.interrupted:
-            text += "; interrupted (output bag closed cleanly)"
+            text += f"; interrupted ({closed})"
         if self.output_error:
-            text += "; stopped: an output could not be written (output bag closed cleanly)"
+            text += f"; stopped: an output could not be written ({closed})"
         return text

@@ -116,10 +116,12 @@ class FrameReader:
         are still answered."""
         messages = iter(source.bag.messages(set(source.routes)))
         count, last_ns = 0, 0
+        images = [0] * len(self.cameras)  # image messages read per camera
         while not self._done():
             try:
                 topic, msgtype, bag_ns, raw = next(messages)
-            except StopIteration:
+            except StopIteration:  # read to the end: as many images as the metadata lists?
+                self._check_counts(source, images)
                 break
             except Exception as exc:  # noqa: BLE001 - truncated or corrupt input: keep what we have
                 self.summary.stopped_early = (
@@ -129,6 +131,7 @@ class FrameReader:
                 break
             count, last_ns = count + 1, bag_ns
             route = source.routes[topic]
+            images[route.camera] += route.role == "image"
             try:  # one message a recorder wrote badly (invalid CDR, a non-UTF-8 frame_id)
                 msg = self.store.deserialize_cdr(raw, msgtype)
                 stamp_ns = _stamp_ns(msg.header)
@@ -141,6 +144,21 @@ class FrameReader:
             # A frame leaves once depth up to its stamp + tolerance had time to arrive.
             yield from self._release(bag_ns)
         yield from self._release(None)
+
+    def _check_counts(self, source: ReplayInput, images: list[int]) -> None:
+        """A bag whose metadata.yaml lists images its files do not hold (a topic renamed or
+        retyped in one but not the other): said, and the run ends as stopped early (exit 1),
+        where before it answered nothing and exited 0."""
+        if self.summary.stopped_early:
+            return
+        for camera, read in zip(self.cameras, images, strict=True):
+            listed = source.bag.topics[camera.topics.image].count
+            if listed > read:
+                self.summary.stopped_early = one_line(
+                    f"the bag lists {listed} messages on {camera.topics.image} but its files "
+                    f"hold {read} of that topic and type (metadata.yaml and the bag files "
+                    "disagree)", 400)
+                return
 
     def _skip_undecodable(self, route: Route, topic: str, bag_ns: int, exc: Exception) -> None:
         if route.role == "image":

@@ -10,6 +10,8 @@ and with a darker floor, so that every camera's answers, stamps and 3D positions
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
+from .arguments import fail
 from .bag_types import make_typestore, new_message
+from .core.files import creatable_problem
 
 IMAGE_TOPIC = "/camera/image_raw"
 DEPTH_TOPIC = "/camera/depth/image_raw"
@@ -191,12 +195,19 @@ def add_make_sample_bag_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_sample_bag_main(args: argparse.Namespace) -> int:
-    if args.out.exists():
-        raise SystemExit(f"spatialthinker-ros: error: {args.out} exists")
+    if os.path.lexists(args.out):
+        return fail(f"{args.out} exists")
+    problem = creatable_problem(args.out)
+    if problem is not None:
+        return fail(problem)
     try:
         write_sample_bag(args.out, args.frames, args.storage, args.compression, args.cameras)
     except ValueError as exc:
-        raise SystemExit(f"spatialthinker-ros: error: {exc}") from None
+        return fail(exc)
+    except Exception as exc:  # noqa: BLE001 - OSError, rosbags' WriterError: disk full and kin
+        shutil.rmtree(args.out, ignore_errors=True)  # ours, and not a usable bag: nothing left
+        fail(f"cannot write {args.out}: {exc}")
+        return 1
     print(f"wrote {args.frames} frames to {args.out} ({args.storage}):")
     for cam in map(sample_camera, range(args.cameras)):
         print(f"  {cam.image_topic} (rgb8), {cam.depth_topic} (16UC1), {cam.camera_info_topic}")

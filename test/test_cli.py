@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
@@ -163,10 +164,21 @@ def test_ask_refuses_a_bad_question_before_loading_the_model(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_ask_reads_an_endless_file_only_up_to_the_limit(tmp_path):
-    """Before: `ask /dev/zero` read until memory ran out (killed)."""
+def test_ask_reads_regular_files_only_up_to_the_limit(tmp_path):
+    """Before: `ask /dev/zero` read until memory ran out (killed), and a FIFO blocked forever.
+    Now only a regular file is read (issue 21), at most MAX_IMAGE_FILE_BYTES of it."""
+    from spatialthinker_ros.core.files import read_capped
+
     out = run_cli("ask", "/dev/zero", "q?", "--model", str(unloadable_model(tmp_path)))
-    assert out.returncode == 2 and "larger than 256 MiB" in out.stderr, out.stderr
+    assert out.returncode == 2 and "/dev/zero is a device" in out.stderr, out.stderr
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    out = run_cli("ask", str(fifo), "q?", "--model", str(unloadable_model(tmp_path)))
+    assert out.returncode == 2 and "is a pipe (FIFO)" in out.stderr, out.stderr
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(2000))
+    with pytest.raises(OSError, match="larger than 1000 bytes"):
+        read_capped(big, 1000)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     out = run_cli("ask", str(bad), "q?", "--model", str(unloadable_model(tmp_path)))

@@ -377,3 +377,44 @@ def test_max_pixels_is_a_limit_not_a_hint() -> None:
 
 def test_error_type_is_a_value_error() -> None:
     assert issubclass(ImageConversionError, ValueError)
+
+
+def _encoded(image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_compressed_frames_of_every_odd_kind(tmp_path):
+    """Issue 21 red team: what a camera or a file may hold. The node and replay take JPEG and
+    PNG (16-bit grey: its high byte; CMYK JPEG: converted; APNG: its first frame); WebP, GIF
+    and TIFF are refused there with one line; `ask` also reads WebP and TIFF files, but never
+    a 32-bit float or integer TIFF (before: clipped into a white or noise image and answered)."""
+    from spatialthinker_ros.core.images import FILE_FORMATS, ImageConversionError, decode_compressed
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    ramp = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)
+    png16 = decode_compressed(_encoded(Image.fromarray(ramp), "PNG"))
+    assert (png16[..., 0] == (ramp >> 8)).all()
+    cmyk = decode_compressed(_encoded(image.convert("CMYK"), "JPEG", quality=95))
+    assert np.abs(cmyk.astype(int) - rgb).mean() < 4
+    apng = _encoded(image, "PNG", save_all=True, append_images=[image.rotate(90)])
+    assert (decode_compressed(apng) == rgb).all()
+    gif = _encoded(image, "GIF", save_all=True, append_images=[image.rotate(90)])
+    webp, tiff = _encoded(image, "WEBP", lossless=True), _encoded(image, "TIFF")
+    for data in (gif, webp, tiff):
+        with pytest.raises(ImageConversionError, match="not a JPEG, PNG image"):
+            decode_compressed(data)
+    assert (decode_compressed(webp, formats=FILE_FORMATS) == rgb).all()
+    assert (decode_compressed(tiff, formats=FILE_FORMATS) == rgb).all()
+    with pytest.raises(ImageConversionError, match="not a JPEG, PNG, BMP"):
+        decode_compressed(gif, formats=FILE_FORMATS)
+    float_tiff = Image.fromarray(rng.random((32, 48), dtype=np.float32) * 1000)
+    int_tiff = Image.fromarray(rng.integers(0, 2**31, (32, 48), dtype=np.int32))
+    for sample, kind in ((float_tiff, "float"), (int_tiff, "integer")):
+        with pytest.raises(ImageConversionError, match=f"32-bit {kind} samples"):
+            decode_compressed(_encoded(sample, "TIFF"), formats=FILE_FORMATS)
+    grey16_tiff = _encoded(Image.fromarray(ramp), "TIFF")
+    assert (decode_compressed(grey16_tiff, formats=FILE_FORMATS)[..., 0] == (ramp >> 8)).all()

@@ -204,17 +204,17 @@ def test_preflight_errors_come_before_the_model(tmp_path):
     assert run.returncode == 2 and "no-such-model" in run.stderr and not (tmp_path / "out").exists()
 
 
-def test_jsonl_write_failure_stops_cleanly(fitted_model_dir, tmp_path):
-    """/dev/full: the first JSONL write fails; the run stops with a one-line error and the
-    output bag is closed and readable."""
-    bag = write_sample_bag(tmp_path / "in", frames=3)
-    run = cli(*replay_args(bag, tmp_path / "out", fitted_model_dir, "--jsonl", "/dev/full"))
-    assert run.returncode == 1, run.stderr
-    assert "spatialthinker-ros: error: cannot write --jsonl /dev/full: No space left" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert "output bag closed cleanly" in run.stdout
-    out = read_bag(tmp_path / "out")
-    assert len(out["/spatialthinker/answer"]) == 1  # written before its JSONL line failed
+def test_jsonl_on_a_device_is_refused_before_the_model_loads(tmp_path):
+    """/dev/full (before: accepted, the first write failed after the model loaded, exit 1) and
+    /dev/stdout are not regular files: refused up front (issue 21), nothing created. A disk
+    that fills up mid-run: `test_disk_full_mid_run_stops_cleanly`."""
+    bag = write_sample_bag(tmp_path / "in", frames=1)
+    for device in ("/dev/full", "/dev/stdout"):
+        run = cli(*replay_args(bag, tmp_path / "out", tmp_path / "no-such-model", "--jsonl",
+                               device))
+        assert run.returncode == 2, run.stderr
+        assert f"--jsonl {device} is a" in run.stderr and "a regular file is wanted" in run.stderr
+        assert not (tmp_path / "out").exists()
 
 
 def _small_disk_runner(tmp: Path, size: str) -> list[str]:
@@ -268,3 +268,19 @@ def test_disk_full_mid_run_stops_cleanly(fitted_model_dir, tmp_path, output, siz
             image.load()  # a cut PNG fails here
     assert 1 <= len(records) and 1 <= len(pngs)
     assert abs(len(records) - len(pngs)) <= 1  # the failing output stopped the run
+
+
+def test_output_bag_on_a_full_disk_says_it_is_cut(fitted_model_dir, tmp_path):
+    """The output bag itself on a disk that fills up: its close (index, summary) fails too.
+    One line, exit 1, and the summary says the bag is cut short (before: "output bag closed
+    cleanly" next to "cannot close output bag")."""
+    runner = _small_disk_runner(tmp_path, "600k")  # less than one 640 x 480 rgb8 frame
+    bag = write_sample_bag(tmp_path / "in", frames=2)
+    command = [sys.executable, "-m", "spatialthinker_ros.cli"]
+    command += replay_args(bag, tmp_path / "disk" / "out", fitted_model_dir)
+    run = subprocess.run([*runner, *command], env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "No space left on device" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    assert "output bag cut short" in run.stdout and "closed cleanly" not in run.stdout

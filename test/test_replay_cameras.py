@@ -182,3 +182,131 @@ def test_cli_mismatched_topic_counts_fail_before_the_model_loads(tmp_path):
         (line,) = run.stderr.strip().splitlines()
         assert line.startswith("spatialthinker-ros: error: ") and message in line, line
         assert "no-such-model" not in line and not (tmp_path / "out").exists()
+
+
+def test_depth_of_another_camera_gives_no_positions(fitted_engine, tmp_path):
+    """Issue 21 red team: camera2's depth paired with camera1's image (a crossed --depth-topic;
+    stamps 10 ms apart, inside the tolerance) was used as if aligned, giving camera2's
+    distances as camera1's objects' positions. Now its frame_id says it is another camera's:
+    no 3D positions, the reason in the run's warnings."""
+    bag = write_sample_bag(tmp_path / "in", frames=1, cameras=2)
+    config = ReplayConfig(
+        in_bag=bag,
+        out_bag=tmp_path / "out",
+        cameras=camera_topics([CAM1.image_topic], [CAM2.depth_topic], [CAM1.camera_info_topic]),
+        questions=("Where is the cube?",),
+        choices=("left", "right"),
+        progress=False,
+    )
+    s = run_replay(config, fitted_engine)
+    assert s.frames_answered == 1 and s.positions == 0
+    assert any(f"is in frame '{CAM2.frame_id}'" in w for w in s.warnings), s.warnings
+    (answer,) = [m for _, m in read_bag(tmp_path / "out")["/spatialthinker/answer"]]
+    assert not any(o.has_position for o in answer.scene_graph.objects)
+
+
+def test_aligned_depth_refuses_other_frames_and_aspect_ratios():
+    """The rule itself: depth or camera_info in another frame_id, or of another aspect ratio
+    than the colour image or the camera_info (a resolution switched mid-stream), gives no
+    positions and says why; a uniformly scaled depth image (half size) is fine."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from spatialthinker_ros.core.depth import AlignedDepth
+    from spatialthinker_ros.core.scene import Box, SceneGraph, SceneObject
+
+    def depth(w: int, h: int, frame: str = "cam") -> SimpleNamespace:
+        data = np.full((h, w), 1000, np.uint16).tobytes()
+        return SimpleNamespace(header=SimpleNamespace(frame_id=frame), encoding="16UC1",
+                               width=w, height=h, step=2 * w, data=data, is_bigendian=0)
+
+    def info(w: int, h: int, frame: str = "cam") -> SimpleNamespace:
+        return SimpleNamespace(header=SimpleNamespace(frame_id=frame), width=w, height=h,
+                               k=[500.0, 0, w / 2, 0, 500.0, h / 2, 0, 0, 1])
+
+    graph = SceneGraph(objects=(SceneObject("cube.1", "cube", Box(10, 10, 100, 100)),))
+    cases = [
+        (depth(320, 240), info(640, 480), "", None),
+        (depth(640, 480, "other_cam"), info(640, 480), "is in frame 'other_cam'", None),
+        (depth(640, 480), info(640, 480, "other_cam"), "camera_info is in frame", None),
+        (depth(640, 360), info(640, 360), "aligned with the colour image", None),
+        (depth(640, 480), info(1280, 720), "aligned with the camera_info", None),
+        (depth(640, 480), info(640, 480), "", ""),  # no frame_id known: not judged
+    ]
+    for d, i, error, frame in cases:
+        aligned = AlignedDepth(d, i, (640, 480), image_frame_id="cam" if frame is None else frame)
+        located = aligned.locate(graph)
+        if error:
+            assert located.objects[0].position is None and error in aligned.error, aligned.error
+        else:
+            assert located.objects[0].position is not None and not aligned.error
+            assert located.objects[0].position[2] == pytest.approx(1.0)
+
+
+def _hostile_depth_bag(out: Path, huge: int = 100_000) -> Path:
+    """Two cameras, 3 frames: camera 1's depth 32FC1 metres with NaN / +inf / -inf bands
+    around valid objects, camera 2's depth 16UC1 all zero; frame 1 of each with a `huge`-byte
+    frame_id; frame 2's CameraInfo for 1280 x 720 (the resolution switched mid-stream)."""
+    import dataclasses
+
+    import numpy as np
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from spatialthinker_ros.bag_types import new_message
+    from spatialthinker_ros.sample_bag import HEIGHT, WIDTH, _camera_messages, render_frame
+
+    store = make_typestore()
+    writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
+    image_type, info_type = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"
+    with writer:
+        conns = {}
+        for cam in (CAM1, CAM2):
+            for topic, msgtype in ((cam.image_topic, image_type), (cam.depth_topic, image_type),
+                                   (cam.camera_info_topic, info_type)):
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+        for i in range(3):
+            for k, cam in enumerate((CAM1, CAM2)):
+                frame = render_frame(i, k)
+                named = dataclasses.replace(cam, frame_id="f" * huge) if i == 1 else cam
+                for topic, msg, msgtype in _camera_messages(store, named, frame):
+                    if topic == cam.depth_topic and k == 0:
+                        m = frame.depth_mm.astype(np.float32) / 1000
+                        m[:, :60], m[:50], m[430:] = np.nan, np.inf, -np.inf
+                        msg = new_message(store, image_type, header=msg.header, height=HEIGHT,
+                                          width=WIDTH, encoding="32FC1", step=WIDTH * 4,
+                                          data=m.view(np.uint8).reshape(-1))
+                    elif topic == cam.depth_topic:
+                        msg = new_message(store, image_type, header=msg.header, height=HEIGHT,
+                                          width=WIDTH, encoding="16UC1", step=WIDTH * 2,
+                                          data=np.zeros(WIDTH * HEIGHT * 2, np.uint8))
+                    elif topic == cam.camera_info_topic and i == 2:
+                        msg = new_message(store, info_type, header=msg.header, height=720,
+                                          width=1280, distortion_model=msg.distortion_model,
+                                          d=msg.d, k=msg.k * 2, r=msg.r, p=msg.p * 2)
+                    writer.write(conns[topic], frame.stamp_ns, store.serialize_cdr(msg, msgtype))
+    return out
+
+
+def test_cameras_with_hostile_depth_and_a_resolution_switch(fitted_engine, tmp_path):
+    """Issue 21 red team. 32FC1 with NaN and inf: positions from the valid pixels only (the
+    same 1.5 m / 2.0 m as clean depth); 16UC1 zeros: no positions, never 0 m; a 100 kB
+    frame_id: carried through, the warnings stay short; CameraInfo for 1280 x 720 with
+    640 x 480 depth (another aspect ratio): no positions, one warning (before: K scaled
+    non-uniformly and wrong positions given)."""
+    bag = _hostile_depth_bag(tmp_path / "in")
+    config = ReplayConfig(in_bag=bag, out_bag=tmp_path / "out", cameras=two_cameras(),
+                          questions=("Where is the cube?",), choices=("left", "right"),
+                          jsonl=tmp_path / "r.jsonl", progress=False)
+    s = run_replay(config, fitted_engine)
+    assert (s.frames_answered, s.positions) == (6, 4)
+    assert all(len(w) < 400 for w in s.warnings)
+    assert any("not aligned with the camera_info (1280 x 720)" in w for w in s.warnings)
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    positions = [[o["position"] for o in r["scene_graph"]["objects"]] for r in records]
+    assert [r["camera"] for r in records] == ["camera", "camera2"] * 3
+    assert [len(r["frame_id"]) for r in records][2:4] == [100_000, 100_000]
+    for z in (positions[0], positions[2]):
+        assert [p[2] for p in z] == pytest.approx([1.5, 2.0], abs=0.01)
+    assert positions[1] == positions[3] == positions[5] == [None, None]
+    assert positions[4] == [None, None]

@@ -148,3 +148,32 @@ def test_frames_over_max_image_pixels_are_skipped_unread(fitted_engine, tmp_path
                 summary.warnings
     finally:
         fitted_engine.config = saved
+
+
+def test_metadata_that_disagrees_with_the_bag_files_is_reported(tmp_path):
+    """Issue 21 red team: metadata.yaml retypes the image topic (CompressedImage) while the
+    MCAP's channel holds Image. rosbags then yields none of its messages: before, replay
+    answered 0 frames of 0 images and exited 0. Now the run says the bag lists 2 messages
+    its files do not hold, as stopped early (exit 1). No model needed: the reading side."""
+    from spatialthinker_ros.replay_config import ReplaySummary, camera_topics
+    from spatialthinker_ros.replay_frames import FrameReader, prepare_replay
+
+    bag = write_sample_bag(tmp_path / "in", frames=2)
+    metadata = bag / "metadata.yaml"
+    text = metadata.read_text()
+    at = text.index(f"name: {IMAGE_TOPIC}")
+    end = text.index("type: sensor_msgs/msg/Image", at)
+    metadata.write_text(text[:end] + "type: sensor_msgs/msg/CompressedImage"
+                        + text[end + len("type: sensor_msgs/msg/Image"):])
+    config = ReplayConfig(in_bag=bag, out_bag=tmp_path / "out",
+                          cameras=camera_topics([IMAGE_TOPIC], [], []), questions=("q?",),
+                          progress=False)
+    prepared = prepare_replay(config)
+    summary = ReplaySummary()
+    try:
+        frames = list(FrameReader(config, make_typestore(), summary).work(prepared))
+    finally:
+        prepared.bag.close()
+    assert frames == [] and summary.images_seen == 0
+    assert f"the bag lists 2 messages on {IMAGE_TOPIC} but its files hold 0" in \
+        summary.stopped_early

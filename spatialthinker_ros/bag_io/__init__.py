@@ -20,7 +20,14 @@ from .reading import (
     open_bag,
     topic_roles,
 )
-from .writing import FRAME_FILE, FrameSaver, JsonlSink, OutputBag, ReplayOutputs
+from .writing import (
+    FRAME_FILE,
+    FrameSaver,
+    JsonlSink,
+    OutputBag,
+    ReplayOutputs,
+    sigint_deferred,
+)
 
 __all__ = [
     "CAMERA_INFO",
@@ -41,5 +48,6 @@ __all__ = [
     "check_outputs",
     "normalize_msgtype",
     "open_bag",
+    "sigint_deferred",
     "topic_roles",
 ]

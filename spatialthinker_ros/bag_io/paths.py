@@ -4,11 +4,11 @@ from each other (paths resolved, symlinks followed, existing files compared by i
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
+from ..core.files import creatable_problem, output_dir_problem, output_file_problem
 from .errors import ReplayError
 from .reading import BagInput
 from .writing import FRAME_FILE, OutputPaths
@@ -58,39 +58,27 @@ def _same_as_any(path: Path, files: Iterable[Path]) -> bool:
 
 def _check_creatable(flag: str, path: Path) -> None:
     """The nearest existing ancestor is a directory we can create entries in."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ReplayError(f"{flag} {path}: {ancestor} is not a directory")
-    try:  # a real probe: permission bits do not bind root, a read-only mount does
-        os.rmdir(tempfile.mkdtemp(prefix=".spatialthinker-probe-", dir=ancestor))
-    except OSError as exc:
-        raise ReplayError(f"{flag} {path}: cannot write in {ancestor}: {exc.strerror}") from exc
+    problem = creatable_problem(path)
+    if problem is not None:
+        raise ReplayError(f"{flag} {path}: {problem}")
 
 
 def _check_file_output(flag: str, path: Path) -> None:
-    if path.is_dir():
-        raise ReplayError(f"{flag} {path} is a directory; a file is wanted")
-    if not path.exists():
-        _check_creatable(flag, path)
-        return
-    try:  # opened for append (nothing lost if a later check fails), never blocking on a FIFO
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
-    except OSError as exc:
-        raise ReplayError(f"{flag} {path}: cannot write: {exc.strerror}") from exc
+    """A regular file (never a FIFO, device or directory) or an absent, creatable one."""
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ReplayError(f"{flag} {problem}")
 
 
 def _check_frames_dir(path: Path) -> None:
+    problem = output_dir_problem(path)
+    if problem is not None:
+        raise ReplayError(f"--save-frames {problem}")
     if not path.exists():
-        _check_creatable("--save-frames", path)
         return
-    if not path.is_dir():
-        raise ReplayError(f"--save-frames {path} is not a directory")
     earlier = sorted(p.name for p in path.iterdir() if FRAME_FILE.match(p.name))
     if earlier:
         raise ReplayError(
             f"--save-frames {path} already holds frames of an earlier replay "
             f"({earlier[0]}, ...): choose a new or empty directory"
         )
-    _check_creatable("--save-frames", path / "frame.png")

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import zstandard
 from rosbags.rosbag2 import Reader
 
+from ..core.files import input_file_problem
 from ..core.text import one_line
 from .errors import ReplayError
 from .mcap_stream import MCAP_MAGIC, McapStream
@@ -130,6 +131,10 @@ def open_bag(path: Path) -> BagInput:
     path = Path(path)
     if not path.exists():
         raise ReplayError(f"input bag {path} does not exist")
+    if not path.is_dir():  # a bare bag file: never a FIFO or device (reading would block)
+        problem = input_file_problem(path)
+        if problem is not None:
+            raise ReplayError(f"input bag {problem}")
     files = _bag_files(path)
     if not files:
         raise ReplayError(f"{path} holds no bag file (.mcap, .db3, or either with .zstd)")

@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import os
 import re
-from contextlib import suppress
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 
+from ..core.files import write_atomic
 from ..core.text import one_line, safe_text
 from .errors import OutputError, ReplayError
 
@@ -33,6 +37,37 @@ class OutputPaths:
         return [(flag, Path(p)) for flag, p in pairs if p is not None]
 
 
+class _Deferred:
+    requested = False
+
+
+@contextmanager
+def sigint_deferred(raise_after: bool = True) -> Iterator[_Deferred]:
+    """Ctrl-C held back while the block runs (opening or closing the output bag: a
+    KeyboardInterrupt inside rosbags' writer leaves a bag without its index or metadata);
+    raised after it (`raise_after`), or left in `.requested` for the caller. Main thread only
+    (elsewhere the block just runs)."""
+    state = _Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # ignored, or someone else's: leave it
+        yield state
+        return
+
+    def hold(_signum, _frame) -> None:
+        state.requested = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if state.requested and raise_after:
+        raise KeyboardInterrupt
+
+
 class OutputBag:
     """The result bag. `close()` always writes the index and metadata.yaml (rosbags' writer
     would abort, leaving an unreadable bag, if an exception went through it)."""
@@ -48,6 +83,7 @@ class OutputBag:
             raise ReplayError(f"cannot create output bag {path}: {one_line(exc)}") from exc
         self._connections: dict[tuple[str, str], object] = {}
         self._open = True
+        self.close_failed = False  # closing failed (disk full): the bag lacks its index
 
     def write(self, topic: str, msgtype: str, bag_ns: int, data: bytes) -> None:
         try:
@@ -67,6 +103,7 @@ class OutputBag:
         try:
             self._writer.close()
         except Exception as exc:  # noqa: BLE001
+            self.close_failed = True
             raise OutputError(f"cannot close output bag {self.path}: {one_line(exc)}") from exc
 
 
@@ -125,8 +162,8 @@ class JsonlSink:
 class FrameSaver:
     """Annotated frames as `<index>_<stamp ns>.png`, or `<index>_<stamp ns>_<camera>.png` (the
     camera name's "/" as "."), the index counting the saved frames of every camera (stamps may
-    repeat). A file is created exclusively (never overwrites) and removed if its write
-    fails, so the directory only holds complete PNGs."""
+    repeat). A PNG is written to a temporary file, then linked to its name (never overwriting
+    a file), so the directory only holds complete PNGs, also after a failed write or a kill."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -144,22 +181,10 @@ class FrameSaver:
         data = buffer.getbuffer()
         suffix = "_" + re.sub(r"[^A-Za-z0-9_]", ".", camera) if camera else ""
         path = self.directory / f"{self.count:06d}_{stamp_ns}{suffix}.png"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:  # a temporary file linked to the name: never overwrites, never a part PNG
+            write_atomic(path, data, overwrite=False)
         except OSError as exc:
-            raise OutputError(f"cannot write frame {path}: {exc.strerror}") from exc
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-        except BaseException as exc:
-            os.close(fd)
-            with suppress(OSError):
-                path.unlink()
-            if isinstance(exc, OSError):
-                raise OutputError(f"cannot write frame {path}: {exc.strerror}") from exc
-            raise
-        os.close(fd)
+            raise OutputError(f"cannot write frame {path}: {exc.strerror or exc}") from exc
         self.count += 1
         return path
 
@@ -181,11 +206,12 @@ class ReplayOutputs:
             raise
 
     def close(self) -> None:
-        try:
-            if self.jsonl is not None:
-                self.jsonl.close()
-        finally:
-            self.bag.close()
+        with sigint_deferred():
+            try:
+                if self.jsonl is not None:
+                    self.jsonl.close()
+            finally:
+                self.bag.close()
 
     def __enter__(self) -> ReplayOutputs:
         return self

@@ -80,6 +80,30 @@ def lift_box_to_3d(
     return position if all(math.isfinite(c) for c in position) else None
 
 
+def _same_aspect(a: Size, b: Size, tolerance: float = 0.02) -> bool:
+    """Two sizes of one picture, up to rounding (640 x 480 and 320 x 240, 1280 x 720 and
+    424 x 240)."""
+    return abs(a[0] * b[1] - b[0] * a[1]) <= tolerance * a[0] * b[1]
+
+
+def _header_frame(msg: Any) -> str:
+    frame = getattr(getattr(msg, "header", None), "frame_id", "")
+    return frame if isinstance(frame, str) else ""
+
+
+def _frame_problem(image_frame: str, depth: Any, info: Any) -> str:
+    """Why depth or camera_info stamped with another frame_id cannot be used for an image of
+    `image_frame`, or "" (a frame left empty is not judged)."""
+    if not image_frame:
+        return ""
+    for what, msg in (("depth image", depth), ("camera_info", info)):
+        frame = _header_frame(msg)
+        if frame and frame != image_frame:
+            return one_line(f"the {what} is in frame {frame!r}, the colour image in "
+                            f"{image_frame!r}: not aligned to this image", 300)
+    return ""
+
+
 class AlignedDepth:
     """The depth frame aligned with one colour image, converted on first use.
 
@@ -94,8 +118,12 @@ class AlignedDepth:
         image_size: Size,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         missing: str = "",
+        image_frame_id: str = "",
     ) -> None:
-        """`missing`: why `depth` or `camera_info` is None, when the caller knows."""
+        """`missing`: why `depth` or `camera_info` is None, when the caller knows;
+        `image_frame_id`: the colour image's header.frame_id (depth and camera_info stamped
+        with another frame are another camera's, or depth not aligned to this image)."""
+        self._frame_id = image_frame_id
         self._depth = depth
         self._info = camera_info
         self._image_size = image_size
@@ -114,6 +142,9 @@ class AlignedDepth:
         if not self.available or self.error:
             return False
         d = self._depth
+        self.error = _frame_problem(self._frame_id, d, self._info)
+        if self.error:
+            return False
         try:
             meters = depth_to_meters(
                 d.encoding, d.width, d.height, d.step, d.data, bool(d.is_bigendian),
@@ -122,7 +153,18 @@ class AlignedDepth:
         except ImageConversionError as exc:
             self.error = f"depth image: {exc}"
             return False
-        # camera_info describes the colour image; the aligned depth frame may be scaled.
+        # camera_info describes the colour image; the aligned depth frame may be scaled, but
+        # only uniformly: another aspect ratio is another stream (a resolution switched
+        # mid-stream, a CameraInfo or depth of another camera).
+        depth_size = (meters.shape[1], meters.shape[0])
+        info_size = (int(getattr(self._info, "width", 0) or 0),
+                     int(getattr(self._info, "height", 0) or 0))
+        for what, size in (("colour image", self._image_size), ("camera_info", info_size)):
+            if size[0] > 0 and size[1] > 0 and not _same_aspect(size, depth_size):
+                self.error = (f"the depth image ({depth_size[0]} x {depth_size[1]}) is not "
+                              f"aligned with the {what} ({size[0]} x {size[1]}): another "
+                              "aspect ratio")
+                return False
         intrinsics = intrinsics_for_size(self._info, meters.shape[1], meters.shape[0])
         if intrinsics is None:
             self.error = "camera_info has no usable intrinsics (K unset, zero or not finite)"

@@ -277,6 +277,14 @@ def decode_compressed(
                     f"compressed image of {width} x {height} pixels is empty or exceeds the "
                     f"limit of {max_pixels} pixels"
                 )
+            if image.mode == "F" or (image.mode == "I" and image.format != "PNG"):
+                # 32-bit float or integer samples (TIFF): no camera frame's scale; before,
+                # they were clipped into a white or noise image and answered
+                raise ImageConversionError(
+                    f"{image.format} image of mode {image.mode} (32-bit "
+                    f"{'float' if image.mode == 'F' else 'integer'} samples) is not a camera "
+                    "frame: use 8- or 16-bit"
+                )
             if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit grey PNG
                 gray = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
                 return _gray_to_rgb((gray >> 8).astype(np.uint8))

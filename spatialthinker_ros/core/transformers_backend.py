@@ -12,6 +12,7 @@ import gc
 import importlib.util
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import decode_loop, decoding
+from .files import input_file_problem
 from .geometry import fit_to_pixel_budget
 from .options import EngineConfig, model_reference_problem
 from .prompt import build_prompt, prompt_prefix
@@ -36,6 +38,7 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in torch's messages
 
 
 def validate_model_reference(model: str) -> str:
@@ -78,6 +81,16 @@ def resolve_attention(attn: str, device: str) -> str:
     return attn
 
 
+def _check_model_files(source: str) -> None:
+    """Every entry of a local model folder is a regular file or a folder (OSError if not)."""
+    folder = Path(source)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            problem = None if entry.is_dir() else input_file_problem(entry)
+            if problem is not None:
+                raise OSError(problem)
+
+
 class TransformersBackend:
     name = "transformers"
     resizes_to_model_size = True  # the processor's smart_resize == geometry.fit_to_pixel_budget
@@ -113,6 +126,7 @@ class TransformersBackend:
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         self.attention = resolve_attention(self.config.attn_implementation, self.device)
         try:
+            _check_model_files(source)  # a FIFO or device would block the loaders or never end
             # Same pixel budget as the engine's resize, so the processor leaves the image as is.
             self.processor = AutoProcessor.from_pretrained(
                 source,
@@ -126,10 +140,11 @@ class TransformersBackend:
             )
             self.quantization = quantize_language_model(model, self.config.quantization,
                                                         self.device)  # fmt: skip
+            tokens = PromptTokens(self.processor)  # renders the chat template once
         except ModelLoadError:
             self.processor = None
             raise
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged folder fails in any way: one line
             self.processor = None
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
             hint = (
@@ -138,12 +153,13 @@ class TransformersBackend:
                 if offline and not Path(source).exists()
                 else ""
             )
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
+            lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+            first_line = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+            if len(first_line) < 12:  # a bare KeyError('x'): its type says more
+                first_line = f"{type(exc).__name__}: {first_line}".rstrip(": ")
             raise ModelLoadError(f"could not load model {source!r}{hint}: {first_line}") from exc
         self.model = model.to(self.device).eval()
-        self.tokens = PromptTokens(self.processor)
+        self.tokens = tokens
         if decoding.compile_enabled(self.config.compile, self.device):
             if self.config.prompt_lookup > 0:  # the loop would never run
                 self.compile_note = "off (prompt lookup decodes through generate)"

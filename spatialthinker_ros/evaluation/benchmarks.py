@@ -28,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..core.files import MAX_IMAGE_FILE_BYTES, input_file_problem, read_capped
 from ..core.prompt import MAX_CHOICES, question_text
 from ..core.text import loads_json, one_line, safe_text
 from .paper import PAPER_FILES
@@ -60,12 +61,12 @@ class EvalItem:
 
     def load_image(self) -> Image.Image:
         """The decoded RGB image; raises (OSError, ValueError, PIL errors) when unreadable."""
-        source: Any = io.BytesIO(self.image_bytes) if self.image_bytes is not None else None
-        if source is None:
+        data = self.image_bytes
+        if data is None:
             if self.image_path is None:
                 raise ValueError("no image")
-            source = self.image_path
-        with Image.open(source) as image:
+            data = read_capped(self.image_path, MAX_IMAGE_FILE_BYTES)  # never a FIFO or device
+        with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
 
 
@@ -124,6 +125,9 @@ def open_inputs(inputs: Sequence[str]) -> InputSet:
         if path.is_dir():
             _add_folder(path, result)
         else:
+            problem = input_file_problem(path)  # a FIFO or device would block or never end
+            if problem is not None:
+                raise InputError(problem)
             result.files.append(_detect(path))
     if not result.files:
         raise InputError("no benchmark files (.jsonl or .parquet) in " + ", ".join(inputs))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..arguments import concurrency_problem, engine_config_from_args, fail
 from ..core.engine import SpatialThinkerEngine
+from ..core.text import one_line
 from .benchmarks import InputError, open_inputs
 from .paper import PAPER_EVAL
 from .report import format_report, report_to_json
@@ -84,8 +85,10 @@ def eval_main(args: argparse.Namespace) -> int:
         report = evaluate(engine, inputs, log, options)
     except InputError as exc:  # a file that turns out unreadable half-way
         return fail(str(exc))
-    except OSError as exc:
-        return fail(f"cannot write results: {exc}")
+    except OSError as exc:  # disk full, read-only, denied: the file holds whole lines only
+        fail(f"cannot write --results {args.results}: {exc.strerror or one_line(exc)} (the "
+             "items written so far are kept; rerun the same command to resume)")
+        return 1
     finally:
         log.close()
         engine.unload()

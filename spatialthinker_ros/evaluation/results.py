@@ -16,13 +16,15 @@ from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ..core.files import LineFile, output_file_problem, read_capped
 from ..core.text import loads_json, one_line, safe_text
 from .benchmarks import InputError
 from .scoring import Outcome
 
 _OUTCOMES = {o.value for o in Outcome}
+MAX_RESULTS_BYTES = 4 * 2**30  # ~1 KB a record: millions of items
 _RECORD_START = b'{"key": '  # json.dumps of a record: "key" comes first
 
 
@@ -36,18 +38,20 @@ class ResultsLog:
     settings: dict[str, Any]
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> record
     notes: list[str] = field(default_factory=list)
-    _file: IO[str] | None = None
+    _file: LineFile | None = None
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record as one line and flush it (a kill loses at most this line)."""
+        """Write one record as one line, unbuffered (a kill or a full disk loses at most this
+        line, and never leaves part of it); OSError when it could not be written."""
         self.done[record["key"]] = record
         if self._file is not None:
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._file.flush()
+            self._file.write_line(json.dumps(record, ensure_ascii=False))
 
     def close(self) -> None:
+        """Close the file; never raises (every line is already written)."""
         if self._file is not None:
-            self._file.close()
+            with suppress(OSError):
+                self._file.close()
             self._file = None
 
 
@@ -65,11 +69,14 @@ def open_results(
                 raise ResultsError(
                     f"--results {path} is the input {source}: choose another file"
                 )
+    problem = output_file_problem(path)
+    if problem is not None:
+        raise ResultsError(f"--results {problem}")
     if path.exists():
         _read_existing(log, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        log._file = path.open("a", encoding="utf-8")
+        log._file = LineFile(path, append=True)
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {one_line(exc)}") from exc
     return log
@@ -77,7 +84,7 @@ def open_results(
 
 def _read_existing(log: ResultsLog, path: Path) -> None:
     try:
-        data = path.read_bytes()
+        data = read_capped(path, MAX_RESULTS_BYTES)
     except OSError as exc:
         raise ResultsError(f"cannot read {path}: {one_line(exc)}") from exc
     complete = data.rfind(b"\n") + 1

@@ -153,7 +153,8 @@ class Answerer:
         depth = None
         if settings.use_depth:
             depth = camera.aligned_depth(frame.stamp_s, settings.depth_stamp_tolerance_s,
-                                         source_size, settings.engine.max_image_pixels)
+                                         source_size, settings.engine.max_image_pixels,
+                                         header.frame_id)
         outputs = AnswerOutputs(rclpy_message, request.echo, header, depth=depth,
                                 camera_info=camera.camera_info,
                                 marker_source=self._marker_sources.get(camera.name))

@@ -22,6 +22,7 @@ class _Counts:
     image_errors: int = 0
     debug_images: int = 0
     publish_failures: int = 0
+    questions_refused: int = 0  # invalid questions on the `question` topic (logged throttled)
     latency_last_s: float = 0.0
     latency_sum_s: float = 0.0
     last_error: str = ""
@@ -61,6 +62,12 @@ class ServingStats:
             self._counts.publish_failures += 1
             self._counts.last_error = one_line(message)
 
+    def question_refused(self) -> int:
+        """Count an invalid question from the `question` topic; the count so far."""
+        with self._lock:
+            self._counts.questions_refused += 1
+            return self._counts.questions_refused
+
     def error(self, message: str) -> None:
         with self._lock:
             self._counts.last_error = one_line(message)
@@ -72,6 +79,7 @@ class ServingStats:
             answers = dict(c.answers)
             counts = (c.inferences, c.image_errors, c.debug_images, c.publish_failures,
                       c.latency_last_s, c.latency_sum_s, c.last_error)
+            questions_refused = c.questions_refused
         inferences, image_errors, debug_images, publish_failures, last, total, last_error = counts
         s = AnswerStatus
         parse_failures = answers.get(s.PARSE_ERROR, 0)
@@ -91,6 +99,7 @@ class ServingStats:
             "image_conversion_errors": image_errors,
             "debug_images": debug_images,
             "publish_failures": publish_failures,
+            "questions_refused": questions_refused,
             "latency_last_s": last,
             "latency_mean_s": total / inferences if inferences else 0.0,
             "last_error": last_error,

@@ -85,9 +85,10 @@ class Camera:
         self.camera_info = None
 
     def aligned_depth(self, stamp_s: float, tolerance_s: float, image_size: Size,
-                      max_pixels: int) -> AlignedDepth:
+                      max_pixels: int, frame_id: str = "") -> AlignedDepth:
         """The depth frame closest to `stamp_s` (within the tolerance) with the newest
-        CameraInfo; positions need both (`error` says which is missing)."""
+        CameraInfo; positions need both (`error` says which is missing), in the image's
+        `frame_id` (another frame's depth is not aligned to it)."""
         depth = self.depth.closest(stamp_s, tolerance_s)
         missing = ""
         if self.camera_info is None:
@@ -97,7 +98,7 @@ class Camera:
         elif depth is None:
             missing = (f"no depth frame stamped within depth_stamp_tolerance_s = "
                        f"{tolerance_s:g} s of the image")
-        return AlignedDepth(depth, self.camera_info, image_size, max_pixels, missing)
+        return AlignedDepth(depth, self.camera_info, image_size, max_pixels, missing, frame_id)
 
 
 class CameraIntake:

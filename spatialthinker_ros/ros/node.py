@@ -132,7 +132,7 @@ class SpatialThinkerNode(LifecycleNode):
         self.requests = RequestServer(self, self.worker, self.answerer, self.stats,
                                       lambda: self._settings, lambda: self._state)
         self.standing = StandingQuestion(self, self.worker, self.answerer,
-                                         lambda: self._settings, self._finish)
+                                         lambda: self._settings, self._finish, self.stats)
         self.standing.set_from_params(self._settings)
         self._question_sub = None
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)

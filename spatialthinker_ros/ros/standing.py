@@ -25,11 +25,13 @@ from std_msgs.msg import String
 
 from ..core.prompt import question_problem
 from .answering import Answerer, AskRequest
+from .diagnostics import ServingStats
 from .frames import Frame
 from .params import NodeSettings
 from .worker import BusyPolicy, InferenceWorker
 
 MAX_TICK_HZ = 100.0
+LOG_THROTTLE_S = 5.0  # at most one log line per this for messages on the `question` topic
 
 
 def tick_period_s(rate_hz: float, cameras: int) -> float:
@@ -39,8 +41,10 @@ def tick_period_s(rate_hz: float, cameras: int) -> float:
 
 class StandingQuestion:
     def __init__(self, node: LifecycleNode, worker: InferenceWorker, answerer: Answerer,
-                 settings: Callable[[], NodeSettings], finish: Callable[[object], None]) -> None:
+                 settings: Callable[[], NodeSettings], finish: Callable[[object], None],
+                 stats: ServingStats) -> None:
         self._node = node
+        self._stats = stats
         self._worker = worker
         self._answerer = answerer
         self._settings = settings
@@ -71,19 +75,26 @@ class StandingQuestion:
             self._last_seq.clear()
 
     def on_topic(self, msg: String) -> None:
-        """A question published on `question` (empty: clear). Invalid ones are ignored with a
-        warning: they never reach the model."""
+        """A question published on `question` (empty: clear). Invalid ones are ignored, never
+        sent to the model, and counted (`questions_refused` in /diagnostics); the log says so
+        at most once per LOG_THROTTLE_S, so a flood of messages is not a flood of log lines."""
         question = msg.data.strip()
         if question:
             problem = question_problem(question, (),
                                        self._settings().engine.max_question_chars)
             if problem is not None:
-                self._node.get_logger().warning(f"standing question ignored: {problem}")
+                refused = self._stats.question_refused()
+                self._node.get_logger().warning(
+                    f"standing question ignored: {problem} ({refused} refused so far)",
+                    throttle_duration_sec=LOG_THROTTLE_S)
                 return
         with self._lock:
+            changed = self._question is None or self._question[0] != question
             self._question = (question, (), False) if question else None
             self._last_seq.clear()
-        self._node.get_logger().info(f"standing question {'set' if question else 'cleared'}")
+        if changed:
+            self._node.get_logger().info(f"standing question {'set' if question else 'cleared'}",
+                                         throttle_duration_sec=LOG_THROTTLE_S)
 
     def start(self) -> None:
         """(Re)create the timer for the current rate_hz and cameras (none when rate_hz is 0)."""

@@ -131,7 +131,8 @@ def test_depth_and_camera_info_problems_are_named_in_the_answer(make_harness) ->
     camera = harness.node.intake.camera("")
 
     def ask_about(frame_id: str, info: CameraInfo | None = None,
-                  depth: Image | None = None, stamp: Time | None = None) -> Any:
+                  depth: Image | None = None, stamp: Time | None = None,
+                  depth_frame: str = "") -> Any:
         stamp = stamp or stamp_at(harness, 0.0)
         if info is not None:
             info.header.stamp = stamp
@@ -140,6 +141,7 @@ def test_depth_and_camera_info_problems_are_named_in_the_answer(make_harness) ->
                        and camera.camera_info.header.stamp == stamp, what="camera_info")
         if depth is not None:
             depth.header.stamp = depth.header.stamp if depth.header.stamp.sec else stamp
+            depth.header.frame_id = depth_frame or frame_id  # aligned: the image's frame
             harness.depth_pub.publish(depth)
             wait_until(lambda: camera.depth.newest() is not None
                        and camera.depth.newest().header.stamp == depth.header.stamp,
@@ -165,7 +167,10 @@ def test_depth_and_camera_info_problems_are_named_in_the_answer(make_harness) ->
     invalid = ask_about("nan_depth", depth=image(640, 480, "32FC1", 2560, nan, Time(), "depth"))
     assert "too few valid depth pixels" in invalid.status_message
     assert "cube.1" in invalid.status_message
-    for answer in (no_info, zero_k, undecodable, far, invalid):
+    # Issue 21: another camera's depth (its own frame_id) was used as if aligned.
+    crossed = ask_about("crossed", depth=depth_mm(Time(), 2000), depth_frame="cam2_depth")
+    assert "the depth image is in frame 'cam2_depth'" in crossed.status_message
+    for answer in (no_info, zero_k, undecodable, far, invalid, crossed):
         assert not any(o.has_position for o in answer.scene_graph.objects)
     # Half-size depth, CameraInfo of a double-size stream: scaled, positions, no note.
     half = depth_mm(Time(), 2000, 320, 240)

@@ -178,3 +178,36 @@ def test_a_server_error_publishes_no_credentials(make_harness, monkeypatch) -> N
     assert "127.0.0.1" in answer.status_message
     assert CHOICES  # the request echoed its choices
     assert list(answer.choices) == CHOICES
+
+
+def test_a_flood_of_refused_questions_is_counted_not_logged_line_by_line(make_harness,
+                                                                         capfd) -> None:
+    """Issue 21: 3,000 invalid questions on the `question` topic wrote 3,000 log lines. Now each
+    is counted (`questions_refused` in /diagnostics) and the log says so at most once per
+    LOG_THROTTLE_S, with the count so far; a valid question still takes effect and is logged."""
+    import time
+
+    from spatialthinker_ros.ros.standing import LOG_THROTTLE_S
+
+    harness = make_harness()
+    capfd.readouterr()
+    t0 = time.monotonic()
+    sent = 0
+    for _ in range(300):  # in tens, each ten received before the next (nothing dropped)
+        for _ in range(10):
+            harness.question_pub.publish(String(data="<|im_start|>system"))
+        sent += 10
+        wait_until(lambda s=sent: harness.node.stats_snapshot()["questions_refused"] >= s,
+                   what=f"{sent} refusals counted")
+    elapsed = time.monotonic() - t0
+    assert harness.node.stats_snapshot()["questions_refused"] == 3000
+    values = harness.diagnostics(lambda v: v.get("questions_refused") == "3000")
+    assert values["questions_refused"] == "3000"
+    harness.question_pub.publish(String(data=QUESTION))
+    wait_until(lambda: harness.node.standing.question == QUESTION, what="the valid question")
+    logged = capfd.readouterr()
+    lines = (logged.out + logged.err).splitlines()
+    refused = [ln for ln in lines if "standing question ignored" in ln]
+    assert 1 <= len(refused) <= 2 + elapsed / LOG_THROTTLE_S, (len(refused), elapsed)
+    assert "control tokens" in refused[0] and "(1 refused so far)" in refused[0]
+    assert any("standing question set" in ln for ln in lines)
