@@ -73,3 +73,16 @@ def loads_json(text: str | bytes) -> object:
         return json.loads(text)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in torch's messages
+
+
+def first_useful_line(exc: BaseException) -> str:
+    """The line of an exception's message that says what went wrong: colours stripped, a line
+    ending in ':' joined with the next, a bare short message (KeyError('x')) with its type."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    first_line = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+    if len(first_line) < 12:
+        first_line = f"{type(exc).__name__}: {first_line}".rstrip(": ")
+    return first_line

@@ -12,7 +12,6 @@ import gc
 import importlib.util
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from .options import EngineConfig, model_reference_problem
 from .prompt import build_prompt, prompt_prefix
 from .prompt_tokens import PromptTokens
 from .quantization import quantize_language_model
+from .text import first_useful_line
 from .types import (
     EngineError,
     Generation,
@@ -38,9 +38,6 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours in torch's messages
-
-
 def validate_model_reference(model: str) -> str:
     """The reference to load: an existing local directory or a hub id `org/name`; raises
     ModelLoadError (the rule is `options.model_reference_problem`)."""
@@ -153,11 +150,8 @@ class TransformersBackend:
                 if offline and not Path(source).exists()
                 else ""
             )
-            lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
-            first_line = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
-            if len(first_line) < 12:  # a bare KeyError('x'): its type says more
-                first_line = f"{type(exc).__name__}: {first_line}".rstrip(": ")
-            raise ModelLoadError(f"could not load model {source!r}{hint}: {first_line}") from exc
+            raise ModelLoadError(f"could not load model {source!r}{hint}: "
+                                 f"{first_useful_line(exc)}") from exc  # fmt: skip
         self.model = model.to(self.device).eval()
         self.tokens = tokens
         if decoding.compile_enabled(self.config.compile, self.device):
