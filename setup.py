@@ -60,6 +60,7 @@ setup(
             "pyarrow>=14",  # the eval tests write and read benchmark parquet files
             "py-trees>=2.2",  # the behaviour-tree tests tick a real tree
             "foxglove-sdk>=0.30",  # its typed panel models check the shipped Foxglove layout
+            "rosdep>=0.25",  # scripts/rosdep_check.sh resolves package.xml's keys offline
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},
