@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from spatialthinker_ros.sample_bag import IMAGE_TOPIC, write_sample_bag
@@ -20,6 +21,8 @@ from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIX
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 TIMING = ("timings_s", "latency_s")
+# The first test also waits for the server to start (minutes on a loaded 2-core machine).
+pytestmark = pytest.mark.timeout(1800)
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -33,6 +33,7 @@ def test_node_answers_through_a_remote_server(ros_interfaces, served_model):
         harness.close()
 
 
+@pytest.mark.timeout(1800)  # it may be the test that waits for the server to start
 def test_node_answers_through_vllm(ros_interfaces, vllm_served):
     """`backend:=openai` against a real vLLM server (test/test_vllm.py; its own venv)."""
     reason = loopback_only_reason()
