@@ -1,15 +1,23 @@
-"""An executor spun on a background thread that is stopped and joined before the nodes it spins
-are destroyed.
+"""An executor spun on a background thread, stopped in an order that never uses a destroyed
+handle.
 
-`executor.shutdown()` does not wait for a thread inside `executor.spin()`: that thread may still
-be building or using its wait set when `destroy_node()` runs, and then raises
-`InvalidHandle: ... destruction was requested` (or leaves the wait set unsafe). Stop the loop
-(`stop()`: set a flag, wake the executor, join), then shut the executor down and destroy."""
+Two rclpy behaviours made `executor.shutdown(); node.destroy_node()` with a thread inside
+`executor.spin()` end in `InvalidHandle: cannot use Destroyable because destruction was
+requested` (seen at the teardown of test_standing_question_answers_the_newest_frame):
+- `executor.shutdown()` does not wait for the spinning thread, which may still be using its wait
+  set (the nodes' handles) when `destroy_node()` runs;
+- `MultiThreadedExecutor.shutdown()` destroys its wake guard condition before it joins its
+  thread pool, and every callback handler still queued or running there triggers that guard
+  (rclpy/executors.py `_make_handler`). The handler's Task fails, and the spinning thread raises
+  that failure on its next `spin_once`.
+`close()` stops the loop (flag, wake, join), lets the pool finish, then shuts the executor down
+and destroys the nodes."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from rclpy.executors import Executor, ExternalShutdownException
 
@@ -59,8 +67,14 @@ class SpinThread:
         return not self._thread.is_alive()
 
     def close(self, nodes, timeout_s: float | None = None) -> None:
-        """stop(), then shut the executor down and destroy `nodes`, in that order."""
+        """stop(), the executor's thread pool finished, the executor shut down, `nodes`
+        destroyed: in that order."""
         self.stop(timeout_s)
+        # MultiThreadedExecutor's pool (a private attribute in Humble to Rolling): joined before
+        # shutdown() destroys the guard condition its queued handlers trigger.
+        pool = getattr(self.executor, "_executor", None)
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=True)
         self.executor.shutdown(timeout_sec=timeout_s)
         for node in nodes:
             node.destroy_node()
