@@ -63,6 +63,7 @@ setup(
             "py-trees>=2.2",  # the behaviour-tree tests tick a real tree
             "foxglove-sdk>=0.30",  # its typed panel models check the shipped Foxglove layout
             "torchao>=0.18",  # the quantization tests load int8 / int4 models
+            "rosdep>=0.25",  # scripts/rosdep_check.sh resolves package.xml's keys offline
         ],
     },
     entry_points={"console_scripts": ["spatialthinker-ros=spatialthinker_ros.cli:main"]},

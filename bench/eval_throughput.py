@@ -6,11 +6,15 @@
    the client (image resize + PNG encode, HTTP, parse, results file) from the model.
 2. The real `transformers serve` on the fitted tiny model (the test suite's server): items/s at
    N = 1 and 4 on the same items, and whether the results equal N = 1's.
+3. With --vllm: a real vLLM server (scripts/setup_vllm.sh) at N = 1 and 8, and `transformers
+   serve` at the same N, both on the fitted tiny model with head size 32 (what vLLM's CPU
+   attention takes), in the same run.
 
 Both go through `evaluation.runner.evaluate`, the code `spatialthinker-ros eval` runs.
 
     PYTHONPATH=. .venv/bin/python bench/eval_throughput.py              # about 3-5 minutes
     PYTHONPATH=. .venv/bin/python bench/eval_throughput.py --no-serve   # part 1 only
+    PYTHONPATH=. .venv/bin/python bench/eval_throughput.py --no-serve --vllm   # part 3 too
 """
 
 from __future__ import annotations
@@ -113,20 +117,24 @@ def fixed_delay(args, work: Path) -> None:
     print_table(headers, rows)
 
 
-def served_throughput(args, work: Path) -> None:
+def served_throughput(args, work: Path, server: str = "transformers serve",
+                      concurrency: list[int] | None = None, **model_kwargs) -> None:
     from spatialthinker_ros.testing import benchmark_files as bf
-    from spatialthinker_ros.testing.serve import transformers_serve
+    from spatialthinker_ros.testing.serve import transformers_serve, vllm_serve
     from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
 
     cache = Path(os.environ.get("SPATIALTHINKER_TEST_MODELS", REPO_ROOT / "build" / "test-models"))
-    model = cached_tiny_model(cache, fit_text=EXAMPLE_OUTPUT)
+    model = cached_tiny_model(cache, fit_text=EXAMPLE_OUTPUT, **model_kwargs)
     bench = bf.write_jsonl(work / "served" / "bench.jsonl", ["A", "B"] * (args.served_items // 2))
     rows, baseline = [], None
-    with transformers_serve(model) as base_url:
+    serve = vllm_serve if server == "vllm" else transformers_serve
+    work = work / server.replace(" ", "_")
+    work.mkdir(parents=True, exist_ok=True)
+    with serve(model) as base_url:
         engine = remote_engine(base_url, str(model), timeout_s=900)
         try:
             run_eval(engine, bench, work / "warmup.jsonl", 1, limit=1)  # first-request costs
-            for n in args.served_concurrency:
+            for n in concurrency or args.served_concurrency:
                 report, wall, content = run_eval(engine, bench, work / f"served_{n}.jsonl", n)
                 baseline = content if baseline is None else baseline
                 rows.append(
@@ -143,7 +151,8 @@ def served_throughput(args, work: Path) -> None:
                 )
         finally:
             engine.unload()
-    print(f"\n### `transformers serve`, fitted tiny model, {args.served_items} items\n")
+    kind = ", head size 32" if model_kwargs else ""
+    print(f"\n### `{server}`, fitted tiny model{kind}, {args.served_items} items\n")
     headers = ["N", "items", "wall s", "items/s", "p50 latency s", "tokens", "accuracy", "= N=1"]
     print_table(headers, rows)
 
@@ -159,12 +168,18 @@ def main() -> None:
     parser.add_argument("--served-items", type=int, default=8)
     parser.add_argument("--served-concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--no-serve", action="store_true", help="skip transformers serve")
+    parser.add_argument("--vllm", action="store_true", help="vLLM and transformers serve, N=1, 8")
     args = parser.parse_args()
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         fixed_delay(args, Path(tmp))
         if not args.no_serve:
             served_throughput(args, Path(tmp))
+        if args.vllm:
+            from spatialthinker_ros.testing.tiny_model import VLLM_TEXT_HEADS
+
+            for server in ("vllm", "transformers serve"):
+                served_throughput(args, Path(tmp), server, [1, 8], text_heads=VLLM_TEXT_HEADS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS
+from spatialthinker_ros.testing.tiny_model import FITTED_MAX_PIXELS, VLLM_TEXT_HEADS
 
 # Fuzz tests run the same cases every time (CI must be repeatable); HYPOTHESIS_PROFILE=explore
 # draws new ones locally.
@@ -44,6 +44,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT)
     if "sensitive_model_dir" in needed:
         cached_tiny_model(MODEL_CACHE, init_std=SENSITIVE_STD)
+    if "vllm_model_dir" in needed:
+        cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT, text_heads=VLLM_TEXT_HEADS)
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +100,30 @@ def served_model(fitted_model_dir):
             yield base_url, str(fitted_model_dir)
     except ServeUnavailable as exc:
         if "not installed" in str(exc):
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir() -> Path:
+    """The fitted tiny model with a head size vLLM's CPU attention takes (32, not 16)."""
+    from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, cached_tiny_model
+
+    return cached_tiny_model(MODEL_CACHE, fit_text=EXAMPLE_OUTPUT, text_heads=VLLM_TEXT_HEADS)
+
+
+@pytest.fixture(scope="session")
+def vllm_served(vllm_model_dir):
+    """A real vLLM server (scripts/setup_vllm.sh's venv) on 127.0.0.1 serving vllm_model_dir:
+    (base URL, model name). Skips where vLLM is not installed, unless
+    SPATIALTHINKER_REQUIRE_VLLM=1 (.ci/run), where it fails."""
+    from spatialthinker_ros.testing.serve import ServeUnavailable, vllm_serve
+
+    try:
+        with vllm_serve(vllm_model_dir) as base_url:
+            yield base_url, str(vllm_model_dir)
+    except ServeUnavailable as exc:
+        if "not installed" in str(exc) and not os.environ.get("SPATIALTHINKER_REQUIRE_VLLM"):
             pytest.skip(str(exc))
         pytest.fail(str(exc))
 

@@ -24,14 +24,14 @@ REPORTS = Path(os.environ.get("SPATIALTHINKER_ROBOT_REPORTS", ROOT / "build" / "
 # Python of each LTS distribution's Ubuntu: Humble 22.04 -> 3.10, Jazzy 24.04 -> 3.12.
 DISTRO_PYTHONS = {"humble": "3.10", "jazzy": "3.12"}
 
-# rosdep keys that resolve on Humble, Jazzy and Kilted (checked with rosdep against the rosdistro
-# index, issue 13 and ../shared/notes/ENVIRONMENT.md): ROS packages of the core distribution and
-# these system keys. A key added to package.xml must be checked the same way and added here.
+# rosdep keys that resolve on Humble, Jazzy and Kilted (scripts/rosdep_check.sh, run by .ci/run,
+# resolves them offline against ../shared/rosdistro): ROS packages of the distributions and these
+# system keys. A key added to package.xml must pass that script and be added here.
 ROS_PACKAGE_KEYS = {
     "ament_cmake", "ament_cmake_python", "rosidl_default_generators", "rosidl_default_runtime",
     "builtin_interfaces", "std_msgs", "geometry_msgs", "sensor_msgs", "action_msgs", "rclpy",
-    "visualization_msgs", "diagnostic_msgs", "lifecycle_msgs", "launch", "launch_ros",
-    "ament_cmake_pytest",
+    "visualization_msgs", "vision_msgs", "diagnostic_msgs", "lifecycle_msgs", "launch",
+    "launch_ros", "ament_cmake_pytest",
 }
 SYSTEM_KEYS = {"python3-numpy", "python3-pil", "python3-tqdm", "python3-pytest", "python3-yaml"}
 # Exist but deliberately not declared (package.xml says why): CPU-only distribution builds of

@@ -10,13 +10,12 @@ arrive, whatever the request load. Callbacks are O(1): they keep a reference to 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -26,6 +25,7 @@ from ..core.geometry import Size
 from . import topics
 from .conversions import stamp_to_seconds
 from .frames import LatestFrame, StampedHistory
+from .spin_thread import SpinThread
 
 CAMERA_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
@@ -122,8 +122,8 @@ class CameraIntake:
         )
         self._executor = SingleThreadedExecutor(context=owner.context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name="camera-intake", daemon=True)
-        self._thread.start()
+        self._spin = SpinThread(self._executor, name="camera-intake", on_error=self._spin_failed)
+        self._spin.start()
 
     def camera(self, name: str) -> Camera | None:
         """The camera called `name`; "" is the first one."""
@@ -135,14 +135,8 @@ class CameraIntake:
         now_s = self._clock_s()
         return [camera.report(now_s) for camera in self.cameras.values()]
 
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
-        except Exception as exc:  # noqa: BLE001 - callbacks are guarded; this is rclpy itself
-            if self.node.context.ok():  # not just the process shutting down
-                self._logger.error(f"camera intake stopped: {type(exc).__name__}: {exc}")
+    def _spin_failed(self, exc: BaseException) -> None:  # callbacks are guarded: rclpy itself
+        self._logger.error(f"camera intake stopped: {type(exc).__name__}: {exc}")
 
     def subscribe(self, resolve: Callable[[str], str], *, use_compressed: bool,
                   use_depth: bool) -> None:
@@ -170,9 +164,7 @@ class CameraIntake:
 
     def close(self) -> None:
         self.unsubscribe()
-        self._executor.shutdown(timeout_sec=5.0)
-        self.node.destroy_node()
-        self._thread.join(5.0)
+        self._spin.close([self.node], 5.0)
 
     def _add(self, msg_type: type, topic: str, callback: Callable[[Any], None]) -> None:
         def guarded(msg: Any) -> None:

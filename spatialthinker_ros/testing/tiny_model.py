@@ -49,6 +49,10 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# vLLM's CPU attention takes head sizes 32, 64, 80, ... only (not the default 16): a model for
+# a vLLM server has this many text attention heads (64 / 2 = head size 32, one KV head).
+VLLM_TEXT_HEADS = 2
+
 # Largest image area the fitted model was trained on: keep the engine's max_pixels at this so
 # its output stays the fitted text (644x476 = what a 640x480 frame becomes).
 FITTED_MAX_PIXELS = 644 * 476
@@ -111,11 +115,12 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _config(tokenizer, text_width: int, text_layers: int, vision_width: int, vision_layers: int):
+def _config(tokenizer, text_width: int, text_layers: int, vision_width: int, vision_layers: int,
+            text_heads: int | None = None):
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = max(1, text_width // 16)
+    heads = text_heads or max(1, text_width // 16)
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -221,13 +226,15 @@ def build_tiny_model(
     fit_text: str | None = None,
     fit_steps: int = 800,
     init_std: float | None = None,
+    text_heads: int | None = None,
 ) -> Path:
     """Write a loadable Qwen2.5-VL model + processor to `out_dir` and return the path.
 
     `init_std`: redraw every weight matrix at this std. At the default init (0.02, tied
     embeddings) the residual stream dominates and the model repeats one token whatever the
     image or question; at 0.2 its long garbage output depends on both (what token-identity
-    tests need)."""
+    tests need). `text_heads`: attention heads of the text model (default: head size 16;
+    VLLM_TEXT_HEADS for a vLLM server)."""
     import torch
     from transformers import (
         GenerationConfig,
@@ -248,7 +255,7 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(
-        _config(tokenizer, text_width, text_layers, vision_width, vision_layers)
+        _config(tokenizer, text_width, text_layers, vision_width, vision_layers, text_heads)
     ).eval()
     if init_std is not None:
         generator = torch.Generator().manual_seed(seed)

@@ -466,8 +466,9 @@ class MemoryClient:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        from spatialthinker_ros.ros.spin_thread import SpinThread
+
+        self._spin = SpinThread(self.executor).start()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -481,10 +482,8 @@ class MemoryClient:
             return dict(self.frames)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=WAIT_S)
-        self.node.destroy_node()
+        self._spin.close([self.node], WAIT_S)  # the spin ends before the node is destroyed
         rclpy.shutdown(context=self.context)
-        self._spin.join(WAIT_S)
 
 
 def node_memory_after_warm_up(names: Sequence[str], model_dir: Path, env: dict[str, str],

@@ -142,6 +142,7 @@ class Harness:
         from spatialthinker_ros.srv import AskSpatial
 
         from spatialthinker_ros.ros.node import SpatialThinkerNode, recommended_executor_threads
+        from spatialthinker_ros.ros.spin_thread import SpinThread
 
         self.ns = f"/st_test_{next(_namespaces)}"
         self.context = rclpy.context.Context()
@@ -184,8 +185,7 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        self._spin = SpinThread(self.executor, name="harness-spin").start()
         self._seq = itertools.count(1)
 
     # -- lifecycle
@@ -199,13 +199,10 @@ class Harness:
         return self.engines[-1]
 
     def close(self) -> None:
-        try:
-            self.executor.shutdown(timeout_sec=WAIT_S)
-            self.node.destroy_node()
-            self.client.destroy_node()
+        try:  # the spin ends before the nodes are destroyed (no InvalidHandle in its thread)
+            self._spin.close([self.node, self.client], WAIT_S)
         finally:
             rclpy.shutdown(context=self.context)
-        self._spin.join(WAIT_S)
 
     # -- topics
     def _got(self, topic: str, msg: Any) -> None:

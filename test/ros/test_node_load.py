@@ -221,8 +221,9 @@ class LoadClient:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        from spatialthinker_ros.ros.spin_thread import SpinThread
+
+        self._spin = SpinThread(self.executor).start()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -242,10 +243,8 @@ class LoadClient:
         return {k: int(v) for k, v in values.items() if v.isdigit()}
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=WAIT_S)
-        self.node.destroy_node()
+        self._spin.close([self.node], WAIT_S)  # the spin ends before the node is destroyed
         rclpy.shutdown(context=self.context)
-        self._spin.join(WAIT_S)
 
 
 def frames_taken(before: dict[str, int], after: dict[str, int]) -> int:

@@ -1,5 +1,6 @@
-"""The node with `backend: openai` against a real OpenAI-compatible server on loopback
-(`transformers serve` of the fitted tiny model): same answers as in process (issue 7)."""
+"""The node with `backend: openai` against real OpenAI-compatible servers on loopback
+(`transformers serve` of the fitted tiny model, issue 7; vLLM, issue 22): the in-process
+answers."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def test_node_answers_through_a_remote_server(ros_interfaces, served_model):
         assert_box(graph.objects[0], expected_box([64, 120, 256, 360]))
         diagnostics = harness.diagnostics(lambda v: v.get("backend") == "openai")
         assert diagnostics["base_url"] == base_url
+    finally:
+        harness.close()
+
+
+@pytest.mark.timeout(1800)  # it may be the test that waits for the server to start
+def test_node_answers_through_vllm(ros_interfaces, vllm_served):
+    """`backend:=openai` against a real vLLM server (test/test_vllm.py; its own venv)."""
+    reason = loopback_only_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    base_url, model_dir = vllm_served
+    harness = Harness(model_dir, backend="openai", base_url=base_url, api_model=model_dir)
+    harness.start()
+    try:
+        header = harness.send_frame(frame_id="cam_vllm")
+        answer = harness.ask(request_id="vllm-1")
+        assert answer.status == harness.SpatialAnswer.STATUS_OK, answer.status_message
+        assert (answer.option, answer.matched_choice) == ("A", "left")
+        assert answer.request_id == "vllm-1"
+        assert answer.header.frame_id == "cam_vllm" and answer.header.stamp == header.stamp
+        assert [o.id for o in answer.scene_graph.objects] == ["cube.1", "ball.1"]
+        assert_box(answer.scene_graph.objects[0], expected_box([64, 120, 256, 360]))
+        assert harness.diagnostics(lambda v: v.get("backend") == "openai")["base_url"] == base_url
     finally:
         harness.close()
 

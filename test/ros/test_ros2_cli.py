@@ -280,8 +280,13 @@ def test_readme_topic_pub_sets_the_standing_question(ros2, launched) -> None:
         if "standing question set" in launched.output():
             break
     assert "standing question set" in launched.output(), launched.output()
-    # Answered on the newest frame at rate_hz and published on `answer`.
-    echoed = run_ros2(ros2, ["topic", "echo", "--once", "/answer", "--field", "question"])
+    # Answered on the newest frame at rate_hz and published on `answer`. The type is given: without
+    # it, `echo` looks it up in the graph once, and a participant that has not discovered the
+    # node's publisher yet exits ("topic [/answer] does not appear to be published yet", "Could
+    # not determine the type"). With it, echo subscribes (reliable, as the node publishes) and
+    # takes the first answer once discovery is done; --timeout bounds that wait.
+    echoed = run_ros2(ros2, ["topic", "echo", "--once", "--timeout", str(DISCOVERY_S), "/answer",
+                             "spatialthinker_ros/msg/SpatialAnswer", "--field", "question"])
     assert question in echoed, echoed
 
 
