@@ -234,3 +234,28 @@ def test_a_missing_transform_means_no_positions_and_says_why():
     assert located.objects[0].position is None and located.objects[0].size is None
     assert depth.note(located) == 'no 3D positions: "map" passed to lookupTransform does not ' \
                                   "exist x"
+
+
+def test_from_msg_reads_a_transform_stamped_by_field_name():
+    msg = Msg(header=Msg(frame_id="base_link", stamp=Msg(sec=3, nanosec=5)),
+              child_frame_id="cam",
+              transform=Msg(translation=Msg(x=1.0, y=2.0, z=3.0),
+                            rotation=Msg(x=0.0, y=0.0, z=0.0, w=1.0)))
+    t = RigidTransform.from_msg(msg)
+    assert (t.target_frame, t.source_frame, t.stamp_ns) == ("base_link", "cam", 3 * 10**9 + 5)
+    assert t.apply_point((0.0, 0.0, 0.0)) == (1.0, 2.0, 3.0)
+    with pytest.raises(TransformError, match="not a TransformStamped"):
+        RigidTransform.from_msg(Msg(header=None))
+
+
+def test_with_transform_shares_the_depth_and_takes_a_reason():
+    depth = AlignedDepth(depth_message(scene_depth()), INFO, (640, 480))
+    t = RigidTransform.from_xyzq(1, 0, 0, 0, 0, 0, 1, target_frame="odom")
+    moved = depth.with_transform(t).locate(GRAPH)
+    assert moved.positions_frame_id == "odom"
+    assert moved.objects[0].position == pytest.approx(
+        np.add(depth.locate(GRAPH).objects[0].position, (1, 0, 0)))
+    refused = depth.with_transform("extrapolation into the future")
+    assert refused.locate(GRAPH).objects[0].position is None
+    assert refused.note(refused.locate(GRAPH)) == "no 3D positions: extrapolation into the future"
+    assert depth.locate(GRAPH).objects[0].position is not None  # the original is unchanged

@@ -8,6 +8,7 @@ intrinsics, an undecodable depth image or too few valid depth pixels mean "no 3D
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -124,10 +125,21 @@ class AlignedDepth:
         """The frame the positions are in: the transform's target frame, "" = the image's."""
         return self.transform.target_frame if self.transform is not None else ""
 
+    def with_transform(self, transform: RigidTransform | str) -> AlignedDepth:
+        """This depth frame placing its positions with `transform`, or, given a reason (str),
+        placing none; the depth image is converted once for all of them."""
+        self._prepare()
+        other = copy.copy(self)
+        if isinstance(transform, str):
+            other.transform, other.transform_error = None, one_line(transform or "no transform")
+        else:
+            other.transform, other.transform_error = transform, ""
+        return other
+
     def _prepare(self) -> bool:
         if self._meters is not None:
             return True
-        if not self.available or self.error or self.transform_error:
+        if not self.available or self.error:
             return False
         d = self._depth
         try:
@@ -163,7 +175,7 @@ class AlignedDepth:
         """`graph` with a 3D position (and a size where the depth points allow) on every object
         whose box has enough valid depth, in `positions_frame_id`."""
         frame = self.positions_frame_id
-        if not graph.objects or not self._prepare():
+        if not graph.objects or self.transform_error or not self._prepare():
             # No position comes in another frame than the graph names.
             unplaced = tuple(replace(o, position=None, size=None) for o in graph.objects)
             return replace(graph, objects=unplaced, positions_frame_id=frame)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,6 +83,19 @@ class RigidTransform:
         unit = (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
         return cls((t[0], t[1], t[2]), unit, str(target_frame), str(source_frame),
                    int(stamp_ns))
+
+    @classmethod
+    def from_msg(cls, msg: Any) -> RigidTransform:
+        """From a geometry_msgs/TransformStamped (rclpy's or rosbags', read by field name):
+        header.frame_id is the target, child_frame_id the source; `TransformError` if unusable."""
+        try:
+            t, q = msg.transform.translation, msg.transform.rotation
+            stamp = msg.header.stamp
+            stamp_ns = int(stamp.sec) * 10**9 + int(stamp.nanosec)
+            target, source = str(msg.header.frame_id), str(msg.child_frame_id)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise TransformError(f"not a TransformStamped: {exc}") from None
+        return cls.from_xyzq(t.x, t.y, t.z, q.x, q.y, q.z, q.w, target, source, stamp_ns)
 
     @classmethod
     def identity(cls, frame: str = "", stamp_ns: int = 0) -> RigidTransform:
