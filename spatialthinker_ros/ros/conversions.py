@@ -95,7 +95,7 @@ def stamp_to_seconds(stamp: Any) -> float:
 
 def msg_to_scene_graph(msg: SceneGraphMsg) -> SceneGraph:
     """spatialthinker_ros/SceneGraph -> core SceneGraph (the observation stays on the message;
-    positions_frame_id as the message names it)."""
+    positions_frame_id "" when the positions are in the header's frame, as in core)."""
     objects = []
     for obj in msg.objects:
         box = Box(obj.x_min, obj.y_min, obj.x_max, obj.y_max) if obj.has_box else None
@@ -112,7 +112,9 @@ def msg_to_scene_graph(msg: SceneGraphMsg) -> SceneGraph:
         relations=relations,
         image_width=int(msg.image_width),
         image_height=int(msg.image_height),
-        positions_frame_id=str(msg.positions_frame_id),
+        # core's "" is the image's own frame (the header's).
+        positions_frame_id=("" if msg.positions_frame_id == msg.header.frame_id
+                            else str(msg.positions_frame_id)),
     )
 
 

@@ -22,7 +22,8 @@ This module is the wiring; the jobs live in their own modules: camera intake (`i
 requests and feedback (`requests`), running one request (`answering`), the standing question
 (`standing`), outputs (`publishing`, contents from `core.outputs`), `diagnostics`, parameters
 (`params`), target_frame's tf2 listener (`transforms`). Threads: camera callbacks on the intake's
-own thread, /tf on the listener's; one worker thread runs the model (and waits for transforms); service/action callbacks wait on it in a reentrant group, so run the node on a
+own thread, /tf on the listener's; one worker thread runs the model (and waits for transforms);
+service/action callbacks wait on it in a reentrant group, so run the node on a
 MultiThreadedExecutor of at least `recommended_executor_threads()` threads (`main` does).
 """
 
