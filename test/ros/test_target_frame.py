@@ -375,3 +375,24 @@ def test_bad_target_frame_parameter_fails_configure(make_harness) -> None:
     assert harness.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "target_frame must have at most 256 characters" in harness.node.config_error
     assert len(harness.node.config_error) < 400
+
+
+def test_without_tf2_target_frame_gives_one_clear_line(served, monkeypatch) -> None:
+    """A machine without geometry2: importing tf2_ros fails (as it does there); the node still
+    configures and answers, with boxes and no positions, the reason in one line."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf2_ros", None)  # `import tf2_ros` raises ImportError
+    cam = unique("plain_optical")
+    harness = served("base_link")
+    assert "tf2_ros is not installed" in harness.node.answerer.target_frame.unavailable
+    stamp = harness.now()
+    publish_depth(harness, stamp, cam)
+    harness.send_frame(stamp=stamp, frame_id=cam)
+    answer = harness.ask()
+    assert answer.status == harness.SpatialAnswer.STATUS_OK
+    assert [o for o in answer.scene_graph.objects if o.has_box]
+    assert not any(o.has_position for o in answer.scene_graph.objects)
+    message = answer.status_message
+    assert "no transform to target_frame 'base_link': tf2_ros is not installed" in message
+    assert "\n" not in message and len(message) < 400
