@@ -169,9 +169,9 @@ class FrameReader:
                 break
             count, last_ns = count + 1, bag_ns
             route = source.routes[topic]
-            if route.camera < 0:
-                self._take_tf(route, topic, msgtype, bag_ns, raw)
+            if route.camera < 0:  # frames due leave first: a looped bag's jump clears the buffer
                 yield from self._release(bag_ns)
+                self._take_tf(route, topic, msgtype, bag_ns, raw)
                 continue
             try:  # one message a recorder wrote badly (invalid CDR, a non-UTF-8 frame_id)
                 msg = self.store.deserialize_cdr(raw, msgtype)

@@ -39,8 +39,9 @@ TF_WAIT_S = 0.5
 
 def import_tf2_py() -> Any:
     """The tf2_py module, loaded without loading rclpy; `ReplayError` (one line) when absent."""
-    if "tf2_py" in sys.modules:
-        return sys.modules["tf2_py"]
+    loaded = sys.modules.get("tf2_py")
+    if loaded is not None:
+        return loaded
     stand_ins: list[str] = []
     if "rclpy" not in sys.modules:
         rclpy, rclpy_time = types.ModuleType("rclpy"), types.ModuleType("rclpy.time")
