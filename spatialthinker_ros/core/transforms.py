@@ -20,14 +20,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .scene import Box
 
-if TYPE_CHECKING:  # core.depth imports this module
-    from .depth import CameraIntrinsics
+
+class Pinhole(Protocol):
+    """Pinhole intrinsics (core.depth.CameraIntrinsics; core.depth imports this module)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
 
 # tf2 BufferCore refuses a transform whose |q|^2 differs from 1 by this much or more.
 QUATERNION_TOLERANCE = 10e-3
@@ -142,7 +148,7 @@ class Extents:
 def object_extents(
     box: Box,
     depth_m: np.ndarray,
-    intrinsics: CameraIntrinsics,
+    intrinsics: Pinhole,
     transform: RigidTransform | None = None,
     max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
 ) -> tuple[Extents | None, str]:
