@@ -166,20 +166,19 @@ def object_extents(
     if x1 <= x0 or y1 <= y0:
         return None, "the box is empty inside the depth image"
     patch = depth_m[y0:y1, x0:x1]
-    with np.errstate(invalid="ignore"):
-        valid = np.isfinite(patch) & (patch > 0)
-        count = int(np.count_nonzero(valid))
-        if count < max(MIN_POINTS, MIN_VALID_FRACTION * patch.size):
-            return None, f"too few valid depth pixels in the box ({count} of {patch.size})"
-        median = float(np.median(patch[valid]))
-        keep = valid & (np.abs(patch - median) <= max_distance_m)
+    valid = np.isfinite(patch) & (patch > 0)  # NaN compares False, without a warning
+    count = int(np.count_nonzero(valid))
+    if count < max(MIN_POINTS, MIN_VALID_FRACTION * patch.size):
+        return None, f"too few valid depth pixels in the box ({count} of {patch.size})"
+    median = float(np.median(patch[valid]))
+    keep = valid & (np.abs(patch - np.float32(median)) <= max_distance_m)
     kept = int(np.count_nonzero(keep))
     if kept < MIN_POINTS:
         return None, f"too few depth pixels near the median depth ({kept})"
     fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
     du = (np.arange(x0, x1, dtype=np.float64) - cx) / fx  # a row
     dv = ((np.arange(y0, y1, dtype=np.float64) - cy) / fy)[:, None]  # a column
-    z = patch.astype(np.float64)
+    z = patch.astype(np.float64, copy=False)
     if transform is None:
         rotation, translation = np.eye(3), np.zeros(3)
     else:
@@ -187,10 +186,10 @@ def object_extents(
     low, high = np.empty(3), np.empty(3)
     for j, (a, b, c) in enumerate(rotation):
         half = 0.5 * (abs(a) / fx + abs(b) / fy)
-        value = z * (a * du + b * dv + c)  # coordinate j of the pixel centres, before t_j
-        spread = z * half
-        high[j] = np.max(value + spread, where=keep, initial=-np.inf)
-        low[j] = np.min(value - spread, where=keep, initial=np.inf)
+        # coordinate j (before t_j) of the pixel squares' far and near corners
+        row, column = a * du, b * dv + c
+        high[j] = np.where(keep, z * (row + (column + half)), -np.inf).max()
+        low[j] = np.where(keep, z * (row + (column - half)), np.inf).min()
     low, high = low + translation, high + translation
     centre, size = (low + high) / 2.0, high - low
     if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(size))):
