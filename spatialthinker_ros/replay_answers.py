@@ -21,6 +21,7 @@ from .bag_io import CAMERA_INFO, COMPRESSED, IMAGE, ReplayOutputs
 from .bag_types import BagMessages
 from .core.depth import AlignedDepth
 from .core.engine import EngineError, Result, SpatialThinkerEngine
+from .core.fields import FrameHeader, positions_frame
 from .core.images import ImageConversionError, message_to_rgb
 from .core.outputs import AnswerOutputs, Request
 from .core.scene import SceneGraph
@@ -118,20 +119,21 @@ class FrameAnswerer:
         depth = None
         if work.depth is not None:
             depth = AlignedDepth(work.depth, work.camera_info, (rgb.shape[1], rgb.shape[0]))
-            if work.transform is not None:  # --target-frame: positions there or none
-                depth = depth.with_transform(work.transform)
+        resolved = work.transform  # --target-frame: looked up by the reader at the image stamp
+        transform = None if resolved is None else (lambda: resolved)
         if isinstance(work.transform, str):
             outcome.transform_failure = work.transform
         if work.camera_info_raw is not None:  # Foxglove's 3D panel needs the intrinsics
             outcome.outputs.append(BagRecord(camera.info, CAMERA_INFO, work.camera_info_raw))
         for index, (request, result) in enumerate(zip(requests, results, strict=True)):
             outputs = AnswerOutputs(
-                self.make, request, header, depth=depth, camera_info=work.camera_info
+                self.make, request, header, depth=depth, camera_info=work.camera_info,
+                transform=transform,
             )
             scene, answer = outputs.answer(result)
             if depth is not None and depth.error:
                 outcome.warnings.append(f"no 3D positions: {depth.error}")
-            note = depth.note(scene.graph) if depth is not None else ""
+            note = outputs.note(scene.graph)
             if note:  # as the live node: why objects have no 3D position
                 answer.status_message = "; ".join(
                     m for m in (answer.status_message, note) if m
@@ -177,10 +179,8 @@ class FrameAnswerer:
             "target_frame": self.config.target_frame,
             "positions_note": note,
         }
-        # The frame the positions are in, named (the target frame's or the image's own), as
-        # the SceneGraph message does; "" when no object has a position.
-        placed = any(o.position is not None for o in graph.objects)
-        frame = (graph.positions_frame_id or header.frame_id) if placed else ""
+        # The frame the positions are in, named as the SceneGraph message names it.
+        frame = positions_frame(graph, FrameHeader.of(header))
         graph = replace(graph, positions_frame_id=frame)
         located = replace(result, reasoning=replace(result.reasoning, scene_graph=graph))
         record.update(result_to_dict(located))

@@ -7,10 +7,10 @@ modules stand in during that import and are removed right after, so replay never
 
 Untrusted transforms never reach tf2's error paths: each is checked first
 (`core.transforms.RigidTransform`: finite, unit quaternion within tf2's tolerance, normalised),
-frame ids are checked (not empty, not the same, at most MAX_FRAME_ID characters) and at most
-MAX_FRAMES distinct frames are kept; the rest are dropped with a note once per kind. Memory
-stays bounded: tf2 keeps CACHE_TIME_S of each frame's history. Time jumping back by more than
-JUMP_BACK_S (a looped bag) clears the buffer, static transforms kept, with a note.
+frame ids are checked (not empty, not the same, at most TF_MAX_FRAME_ID characters) and at most
+TF_MAX_FRAMES distinct frames are kept; the rest are dropped with a note once per kind. Memory
+stays bounded: tf2 keeps TF_CACHE_TIME_S of each frame's history. Time jumping back by more than
+TF_JUMP_BACK_S (a looped bag) clears the buffer, static transforms kept, with a note.
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ from typing import Any
 
 from .bag_io import ReplayError
 from .core.text import one_line
-from .core.transforms import RigidTransform, TransformError
+from .core.transforms import (
+    TF_CACHE_TIME_S,
+    TF_JUMP_BACK_S,
+    TF_MAX_FRAME_ID,
+    TF_MAX_FRAMES,
+    RigidTransform,
+    TransformError,
+)
 
 TF_TOPIC, TF_STATIC_TOPIC = "/tf", "/tf_static"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
-CACHE_TIME_S = 10.0  # tf2's default (BufferCore and tf2_ros.Buffer)
-MAX_FRAMES = 1000
-MAX_FRAME_ID = 256
-JUMP_BACK_S = 1.0
 # A selected image is looked up this long (bag time) after it was recorded, so that the
 # transforms after its stamp had time to arrive (tf2 interpolates between the two around it).
 TF_WAIT_S = 0.5
@@ -70,7 +73,7 @@ class BagTransforms:
     """tf2's BufferCore fed from a bag's TFMessages; `lookup` at an image's stamp."""
 
     def __init__(self, target_frame: str, warn: Callable[[str], None],
-                 cache_time_s: float = CACHE_TIME_S) -> None:
+                 cache_time_s: float = TF_CACHE_TIME_S) -> None:
         self._tf2 = import_tf2_py()
         from builtin_interfaces.msg import Duration, Time
         from geometry_msgs.msg import TransformStamped
@@ -112,14 +115,14 @@ class BagTransforms:
             self._drop("bad frame ids", f"{where}: frame_id {parent[:60]!r}, child_frame_id "
                                         f"{child[:60]!r}")
             return
-        if max(len(parent), len(child)) > MAX_FRAME_ID:
+        if max(len(parent), len(child)) > TF_MAX_FRAME_ID:
             self._drop("frame id too long", f"{where}: a frame id of "
                                             f"{max(len(parent), len(child))} characters (at "
-                                            f"most {MAX_FRAME_ID})")
+                                            f"most {TF_MAX_FRAME_ID})")
             return
         new = {parent, child} - self._frames
-        if len(self._frames) + len(new) > MAX_FRAMES:
-            self._drop("too many frames", f"{where}: more than {MAX_FRAMES} frames")
+        if len(self._frames) + len(new) > TF_MAX_FRAMES:
+            self._drop("too many frames", f"{where}: more than {TF_MAX_FRAMES} frames")
             return
         stamp_ns = checked.stamp_ns
         if not static and not self._in_order(child, stamp_ns, where):
@@ -137,7 +140,7 @@ class BagTransforms:
     def _in_order(self, child: str, stamp_ns: int, where: str) -> bool:
         """False for a transform tf2 would refuse (older than its cache, repeated); clears the
         buffer when time jumped back (a looped bag)."""
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - JUMP_BACK_S * 1e9:
+        if self._newest_ns is not None and stamp_ns < self._newest_ns - TF_JUMP_BACK_S * 1e9:
             self._warn(one_line(
                 f"transform time jumped back by {(self._newest_ns - stamp_ns) / 1e9:.3f} s "
                 f"({where}; a looped bag?): transform buffer cleared, static transforms kept"))
@@ -179,9 +182,9 @@ class BagTransforms:
             return f"the image has no frame_id: no transform to {self.target_frame!r} {at}"
         if source == self.target_frame:
             return RigidTransform.identity(source, stamp_ns)
-        if len(source) > MAX_FRAME_ID:
+        if len(source) > TF_MAX_FRAME_ID:
             return (f"the image's frame_id has {len(source)} characters (at most "
-                    f"{MAX_FRAME_ID}): no transform to {self.target_frame!r} {at}")
+                    f"{TF_MAX_FRAME_ID}): no transform to {self.target_frame!r} {at}")
         stamp = self._time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
         try:
             ts = self.buffer.lookup_transform_core(self.target_frame, source, stamp)

@@ -171,7 +171,7 @@ def test_extents_in_a_target_frame_are_the_transformed_points_box():
     assert extents.center == pytest.approx(t.apply_point(cam.center), abs=1e-9)
 
 
-def test_extents_after_a_general_rotation_bound_the_transformed_points():
+def test_extents_after_a_general_rotation_are_the_mapped_pixel_footprints_box():
     axis, angle = (1.0, 1.0, 0.2), 0.8
     t = RigidTransform.from_xyzq(1, 2, 3, *axis_angle_quaternion(axis, angle))
     depth = scene_depth()
@@ -179,12 +179,13 @@ def test_extents_after_a_general_rotation_bound_the_transformed_points():
     extents, _ = object_extents(Box(64, 120, 256, 360), depth, K, t)
     vs, us = np.mgrid[120:360, 64:256]
     z = depth[120:360, 64:256].astype(float)
-    pixel_centres = np.stack([(us - 320) * z / 525, (vs - 240) * z / 525, z], -1).reshape(-1, 3)
-    mapped = pixel_centres @ rodrigues(axis, angle).T + [1, 2, 3]
-    size = mapped.max(0) - mapped.min(0)
-    # the footprints add at most a pixel's width (< 3 mm at 1.7 m) to the pixel centres' box
-    assert np.all(np.array(extents.size) >= size - 1e-9)
-    assert np.all(np.array(extents.size) <= size + 0.006)
+    corners = np.concatenate([  # every pixel's square, its four corners at its depth
+        np.stack([(us + du - 320) * z / 525, (vs + dv - 240) * z / 525, z], -1).reshape(-1, 3)
+        for du in (-0.5, 0.5) for dv in (-0.5, 0.5)])
+    mapped = corners @ rodrigues(axis, angle).T + [1, 2, 3]
+    low, high = mapped.min(0), mapped.max(0)
+    assert extents.size == pytest.approx(tuple(high - low), abs=1e-9)
+    assert extents.center == pytest.approx(tuple((high + low) / 2), abs=1e-9)
 
 
 # ------------------------------------------------------------------ AlignedDepth with a frame
@@ -259,3 +260,33 @@ def test_with_transform_shares_the_depth_and_takes_a_reason():
     assert refused.locate(GRAPH).objects[0].position is None
     assert refused.note(refused.locate(GRAPH)) == "no 3D positions: extrapolation into the future"
     assert depth.locate(GRAPH).objects[0].position is not None  # the original is unchanged
+
+
+# ------------------------------------------------------------------ what a planner gets
+
+
+def test_planner_result_and_tool_json_name_the_positions_frame():
+    from spatialthinker_ros.core.fields import FrameHeader
+    from spatialthinker_ros.core.spatial_result import SpatialResult, result_to_json
+    from spatialthinker_ros.core.status import AnswerStatus
+    from spatialthinker_ros.tool_schema import tool_description
+
+    header = FrameHeader(1, 0, "camera_color_optical_frame")
+    placed = SceneObject("cube.1", "cube", Box(0, 0, 1, 1), position=(1.0, 2.0, 0.5),
+                         size=(0.2, 0.3, 0.4))
+    in_camera = SpatialResult(AnswerStatus.OK, scene_graph=SceneGraph((placed,)), header=header)
+    in_base = SpatialResult(AnswerStatus.OK, header=header, scene_graph=SceneGraph(
+        (placed,), positions_frame_id="base_link"))
+    unplaced = SpatialResult(AnswerStatus.OK, header=header, scene_graph=SceneGraph(
+        (SceneObject("cube.1", "cube", Box(0, 0, 1, 1)),), positions_frame_id="base_link"))
+    assert in_camera.positions_frame_id == "camera_color_optical_frame"
+    assert in_base.positions_frame_id == "base_link"
+    assert unplaced.positions_frame_id == ""
+    record = result_to_json(in_base)
+    assert record["positions_frame_id"] == record["scene_graph"]["positions_frame_id"] \
+        == "base_link"
+    assert record["frame_id"] == "camera_color_optical_frame"  # the image's, for the boxes
+    assert record["scene_graph"]["objects"][0]["size"] == [0.2, 0.3, 0.4]
+    assert result_to_json(in_camera)["scene_graph"]["positions_frame_id"] == \
+        "camera_color_optical_frame"
+    assert "positions_frame_id" in tool_description() and "size" in tool_description()

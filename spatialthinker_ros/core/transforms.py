@@ -11,23 +11,29 @@ back-projected with the camera intrinsics (`core.depth`'s conventions: depth in 
 <= 0 invalid, the box in the depth image's pixels, K's cx/cy at pixel centres), the points
 farther than `max_distance_m` in depth from the median are dropped (background, floor), and the
 centre and size are those of the axis-aligned box around the kept points, each pixel counted
-with its footprint (u +- 0.5, v +- 0.5 at its depth). With a transform the points are mapped
-first: the size is along the axes of the target frame (the box a planner in `base_link` sees:
-its z size is the object's height), not the camera-frame box rotated.
+with its footprint (the square u +- 0.5, v +- 0.5 at its depth). With a transform the points
+are mapped first: the size is along the axes of the target frame (the box a planner in
+`base_link` sees: its z size is the object's height), not the camera-frame box rotated.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .scene import Box
 
-if TYPE_CHECKING:  # core.depth imports this module
-    from .depth import CameraIntrinsics
+
+class Pinhole(Protocol):
+    """Pinhole intrinsics (core.depth.CameraIntrinsics; core.depth imports this module)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
 
 # tf2 BufferCore refuses a transform whose |q|^2 differs from 1 by this much or more.
 QUATERNION_TOLERANCE = 10e-3
@@ -35,6 +41,12 @@ QUATERNION_TOLERANCE = 10e-3
 DEFAULT_MAX_DISTANCE_M = 0.3
 MIN_POINTS = 4  # and at least MIN_VALID_FRACTION of the box's pixels (as lift_box_to_3d)
 MIN_VALID_FRACTION = 0.05
+
+# Untrusted /tf (the node's listener and replay alike): what is kept, what is dropped.
+TF_CACHE_TIME_S = 10.0  # history per frame (tf2's default): memory stays bounded under a flood
+TF_MAX_FRAMES = 1000  # distinct frame ids kept; transforms naming more are dropped
+TF_MAX_FRAME_ID = 256  # characters of a frame id; longer ones are dropped
+TF_JUMP_BACK_S = 3.0  # a stamp this far before the newest: time jumped back (a looped bag)
 
 Vector3 = tuple[float, float, float]
 Quaternion = tuple[float, float, float, float]  # x, y, z, w (geometry_msgs order)
@@ -133,66 +145,55 @@ class Extents:
     points: int  # depth pixels kept
 
 
-def box_points(
+def object_extents(
     box: Box,
     depth_m: np.ndarray,
-    intrinsics: CameraIntrinsics,
+    intrinsics: Pinhole,
+    transform: RigidTransform | None = None,
     max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
-) -> tuple[np.ndarray | None, str]:
-    """The camera-frame 3D points (N, 3) of the valid depth pixels inside `box` within
-    `max_distance_m` of their median depth, each pixel as the two opposite corners of its
-    footprint (2N rows); (None, why) when too few."""
+) -> tuple[Extents | None, str]:
+    """The object's 3D box from the depth inside `box` (the depth image's pixels), in the camera
+    frame or, with `transform`, in its target frame (size along the target frame's axes);
+    (None, why) when too few depth points.
+
+    Exact for the pixel footprints, without building the points: the back-projected pixel
+    (u, v) at depth z is z d(u, v) with d = ((u - cx) / fx, (v - cy) / fy, 1), so its target
+    coordinate j is z (r_j . d) + t_j, linear in (u, v) over the pixel's square: its extreme is
+    at a corner, the centre's value +- z h_j, h_j = (|r_j0| / fx + |r_j1| / fy) / 2."""
     h, w = depth_m.shape[:2]
     x0, x1 = int(math.floor(max(box.x_min, 0))), int(math.ceil(min(box.x_max, w)))
     y0, y1 = int(math.floor(max(box.y_min, 0))), int(math.ceil(min(box.y_max, h)))
     if x1 <= x0 or y1 <= y0:
         return None, "the box is empty inside the depth image"
     patch = depth_m[y0:y1, x0:x1]
-    valid = np.isfinite(patch) & (patch > 0)
+    valid = np.isfinite(patch) & (patch > 0)  # NaN compares False, without a warning
     count = int(np.count_nonzero(valid))
     if count < max(MIN_POINTS, MIN_VALID_FRACTION * patch.size):
         return None, f"too few valid depth pixels in the box ({count} of {patch.size})"
-    z_valid = patch[valid]
-    median = float(np.median(z_valid))
-    keep = valid & (np.abs(np.where(valid, patch, median) - median) <= max_distance_m)
-    vs, us = np.nonzero(keep)
-    z = patch[vs, us].astype(np.float64)
-    if z.size < MIN_POINTS:
-        return None, f"too few depth pixels near the median depth ({z.size})"
-    u = us.astype(np.float64) + x0
-    v = vs.astype(np.float64) + y0
+    median = float(np.median(patch[valid]))
+    keep = valid & (np.abs(patch - np.float32(median)) <= max_distance_m)
+    kept = int(np.count_nonzero(keep))
+    if kept < MIN_POINTS:
+        return None, f"too few depth pixels near the median depth ({kept})"
     fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
-    lo = np.stack(((u - 0.5 - cx) * z / fx, (v - 0.5 - cy) * z / fy, z), axis=1)
-    hi = np.stack(((u + 0.5 - cx) * z / fx, (v + 0.5 - cy) * z / fy, z), axis=1)
-    return np.concatenate((lo, hi)), ""
-
-
-def aabb(points: np.ndarray) -> tuple[Vector3, Vector3] | None:
-    """(centre, size) of the axis-aligned box around `points`; None when not finite."""
-    low, high = points.min(axis=0), points.max(axis=0)
+    du = (np.arange(x0, x1, dtype=np.float64) - cx) / fx  # a row
+    dv = ((np.arange(y0, y1, dtype=np.float64) - cy) / fy)[:, None]  # a column
+    z = patch.astype(np.float64, copy=False)
+    if transform is None:
+        rotation, translation = np.eye(3), np.zeros(3)
+    else:
+        rotation, translation = transform.matrix(), np.asarray(transform.translation)
+    low, high = np.empty(3), np.empty(3)
+    for j, (a, b, c) in enumerate(rotation):
+        half = 0.5 * (abs(a) / fx + abs(b) / fy)
+        # coordinate j (before t_j) of the pixel squares' far and near corners
+        row, column = a * du, b * dv + c
+        high[j] = np.where(keep, z * (row + (column + half)), -np.inf).max()
+        low[j] = np.where(keep, z * (row + (column - half)), np.inf).min()
+    low, high = low + translation, high + translation
     centre, size = (low + high) / 2.0, high - low
     if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(size))):
-        return None
-    c, s = (float(v) for v in centre), (float(v) for v in size)
-    return tuple(c), tuple(s)  # type: ignore[return-value]
-
-
-def object_extents(
-    box: Box,
-    depth_m: np.ndarray,
-    intrinsics: CameraIntrinsics,
-    transform: RigidTransform | None = None,
-    max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
-) -> tuple[Extents | None, str]:
-    """The object's 3D box from the depth inside `box` (the depth image's pixels), in the camera
-    frame or, with `transform`, in its target frame (size along the target frame's axes);
-    (None, why) when too few depth points."""
-    points, why = box_points(box, depth_m, intrinsics, max_distance_m)
-    if points is None:
-        return None, why
-    if transform is not None:
-        points = transform.apply(points)
-    box3d = aabb(points)
-    if box3d is None:
         return None, "the depth points are not finite"
-    return Extents(box3d[0], box3d[1], points.shape[0] // 2), ""
+    cx_, cy_, cz_ = (float(v) for v in centre)
+    sx, sy, sz = (float(v) for v in size)
+    return Extents((cx_, cy_, cz_), (sx, sy, sz), kept), ""
