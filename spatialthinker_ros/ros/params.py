@@ -22,6 +22,7 @@ from ..core.options import (
     option_problem,
 )
 from ..core.prompt import MAX_CHOICES, question_problem
+from ..core.transforms import TF_MAX_FRAME_ID
 from ..core.types import STOP_AFTER
 from .topics import camera_name_problem
 
@@ -30,7 +31,7 @@ STRING_ARRAY = "string_array"  # marker default: a string array declared without
 # (one answer a day), and rclpy's timers overflow for periods near 2**63 ns.
 MIN_RATE_HZ = 1e-3
 MAX_CAMERAS = 16
-MAX_FRAME_ID_CHARS = 256
+MAX_FRAME_ID_CHARS = TF_MAX_FRAME_ID  # target_frame, as the frame ids tf input may carry
 DEFAULT_CAMERAS = ("",)  # one camera on the node's own topics (image, depth, camera_info)
 
 

@@ -2,10 +2,10 @@
 thread, and lookups at an image's stamp for the worker thread.
 
 The listener is ours rather than tf2_ros.TransformListener so that hostile input stays bounded
-and counted: transforms with frame ids longer than MAX_FRAME_ID_CHARS, non-finite numbers or a
-quaternion tf2 would refuse are dropped (tf2 itself only logs them), at most MAX_FRAMES distinct
+and counted: transforms with frame ids longer than TF_MAX_FRAME_ID, non-finite numbers or a
+quaternion tf2 would refuse are dropped (tf2 itself only logs them), at most TF_MAX_FRAMES distinct
 frames are kept (tf2 never forgets a frame), and a dynamic transform stamped more than
-JUMP_BACK_S before the newest one (a bag looped, a simulator reset) clears the dynamic history,
+TF_JUMP_BACK_S before the newest one (a bag looped, a simulator reset) clears the dynamic history,
 as tf2_ros does on a clock jump. The subscriptions run on their own executor thread, so a /tf
 flood never delays camera frames or requests; lookups poll the buffer (never an executor) and
 wait at most transform_timeout_s. Without tf2_ros (a machine without ROS' geometry2) a node with
@@ -25,12 +25,17 @@ from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
 
 from ..core.text import one_line
-from ..core.transforms import RigidTransform, TransformError
-from .params import MAX_FRAME_ID_CHARS
+from ..core.transforms import (
+    TF_CACHE_TIME_S,
+    TF_JUMP_BACK_S,
+    TF_MAX_FRAME_ID,
+    TF_MAX_FRAMES,
+    RigidTransform,
+    TransformError,
+)
 
-MAX_FRAMES = 1000  # distinct frame ids kept; transforms naming more are dropped
-JUMP_BACK_S = 3.0  # tf2_ros's own bag-loop heuristic (Buffer.can_transform)
-CACHE_TIME_S = 10.0  # tf2's default history
+# The limits are replay's too (core.transforms).
+MAX_FRAMES = TF_MAX_FRAMES
 POLL_S = 0.005
 TF_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.VOLATILE,
                     history=HistoryPolicy.KEEP_LAST)
@@ -81,7 +86,7 @@ class TargetFrame:
         from rclpy.duration import Duration
         from tf2_msgs.msg import TFMessage
 
-        self._buffer = tf2_ros.Buffer(cache_time=Duration(seconds=CACHE_TIME_S))
+        self._buffer = tf2_ros.Buffer(cache_time=Duration(seconds=TF_CACHE_TIME_S))
         self._node = rclpy.create_node(
             f"{owner.get_name()}_tf_listener", namespace=owner.get_namespace(),
             context=owner.context, use_global_arguments=False, start_parameter_services=False)
@@ -122,9 +127,9 @@ class TargetFrame:
     def _add(self, transform: Any, static: bool) -> None:
         parent, child = str(transform.header.frame_id), str(transform.child_frame_id)
         for frame in (parent, child):
-            if not frame or len(frame) > MAX_FRAME_ID_CHARS:
+            if not frame or len(frame) > TF_MAX_FRAME_ID:
                 self._drop(f"transform dropped: frame id of {len(frame)} characters (1 to "
-                           f"{MAX_FRAME_ID_CHARS} allowed)")
+                           f"{TF_MAX_FRAME_ID} allowed)")
                 return
         try:
             RigidTransform.from_msg(transform)  # tf2 only logs what it refuses: count it here
@@ -133,20 +138,20 @@ class TargetFrame:
             return
         with self._lock:
             new = {parent, child} - self._frames
-            if len(self._frames) + len(new) > MAX_FRAMES:
+            if len(self._frames) + len(new) > TF_MAX_FRAMES:
                 full = True
             else:
                 full = False
                 self._frames |= new
         if full:
-            self._drop(f"transform dropped: more than {MAX_FRAMES} frames")
+            self._drop(f"transform dropped: more than {TF_MAX_FRAMES} frames")
             return
         if static:
             self._buffer.set_transform_static(transform, AUTHORITY)
             return
         stamp_ns = int(transform.header.stamp.sec) * 10**9 + int(transform.header.stamp.nanosec)
         with self._lock:
-            jumped = stamp_ns < self._newest_ns - int(JUMP_BACK_S * 1e9)
+            jumped = stamp_ns < self._newest_ns - int(TF_JUMP_BACK_S * 1e9)
             if jumped:
                 self._clears += 1
                 self._newest_ns = stamp_ns
@@ -182,7 +187,7 @@ class TargetFrame:
             return f"{where}: {self.unavailable}"
         if not source_frame:
             return f"{where}: the image's header has no frame_id"
-        if len(source_frame) > MAX_FRAME_ID_CHARS:
+        if len(source_frame) > TF_MAX_FRAME_ID:
             return f"{where}: the image's frame_id has {len(source_frame)} characters"
         from rclpy.time import Time
 
