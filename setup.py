@@ -18,7 +18,7 @@ def interface_files(kind: str) -> tuple[str, list[str]]:
 
 setup(
     name="spatialthinker_ros",
-    version="0.1.0",
+    version="0.2.0",
     description="SpatialThinker-3B spatial reasoning for ROS 2: scene graphs and answers",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8")
     if (ROOT / "README.md").exists()

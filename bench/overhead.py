@@ -10,7 +10,14 @@ Stages, per 640x480 and 1920x1080 frame (noise pixels):
 - parse: model text -> Reasoning + boxes mapped to source pixels (`parse_output`, geometry);
 - messages: SceneGraph + SpatialAnswer ROS messages (`ros.conversions`), when the generated
   interfaces are importable (build/ros/install); otherwise skipped, and the table says so;
-- draw: the debug image (`core.visualize.draw_scene_graph`), only when someone subscribes.
+- draw: the debug image (`core.visualize.draw_scene_graph`), only when someone subscribes;
+- depth (issue 26), with an aligned 16UC1 depth frame of the same size, for 1 object (a 192x240
+  box) and 20 (a 5x4 grid of boxes covering the frame, the worst case): "positions only" is the
+  step before issue 26 (depth conversion + `lift_box_to_3d` per object), "positions + sizes"
+  adds the 3D extents (`core.transforms.object_extents`), "in a target frame" maps the depth
+  points and positions with a `RigidTransform` too (`AlignedDepth.locate`, the node's and
+  replay's path); "tf2 lookup" is one BufferCore lookup at an image stamp through a static and a
+  moving transform (replay's `BagTransforms.lookup`), where tf2_py is built.
 Two alternatives to the resize stage are timed beside it ("alt:" rows): handing the source frame
 to the processor (it resizes to the same size itself) and a torchvision uint8 bicubic resize.
 
@@ -168,7 +175,93 @@ def frame_stages(engine, width: int, height: int, repeats: int):
     }
     extra, why = message_stages(result, graph, draw_scene_graph(rgb, graph, answer), repeats)
     stages.update(extra)
+    stages.update(depth_stages(width, height, repeats))
     return stages, why, callback_name
+
+
+def depth_boxes(width: int, height: int, count: int):
+    from spatialthinker_ros.core.scene import Box
+
+    if count == 1:
+        sx, sy = width / 640, height / 480
+        return [Box(64 * sx, 120 * sy, 256 * sx, 360 * sy)]
+    cols, rows = 5, 4
+    w, h = width / cols, height / rows
+    return [Box(c * w, r * h, (c + 1) * w, (r + 1) * h) for r in range(rows) for c in range(cols)]
+
+
+def depth_stages(width: int, height: int, repeats: int) -> dict[str, Stats]:
+    """Issue 26's per-answer cost: 3D positions, sizes and the target frame, 1 and 20 objects."""
+    import numpy as np
+
+    from spatialthinker_ros.core.depth import AlignedDepth, intrinsics_for_size, lift_box_to_3d
+    from spatialthinker_ros.core.images import depth_to_meters
+    from spatialthinker_ros.core.scene import SceneGraph, SceneObject
+    from spatialthinker_ros.core.transforms import RigidTransform
+
+    class Msg:
+        def __init__(self, **fields):
+            self.__dict__.update(fields)
+
+    rng = np.random.default_rng(0)
+    mm = (rng.uniform(800, 3000, (height, width))).astype(np.uint16)
+    depth = Msg(encoding="16UC1", width=width, height=height, step=width * 2, is_bigendian=0,
+                data=mm.tobytes())
+    fx = 525.0 * width / 640
+    info = Msg(k=[fx, 0, width / 2, 0, fx, height / 2, 0, 0, 1], width=width, height=height)
+    mount = RigidTransform.from_xyzq(0.25, 0.0, 1.1, -0.5, 0.5, -0.5, 0.5, "base_link")
+    stages: dict[str, Stats] = {}
+    for count in (1, 20):
+        boxes = depth_boxes(width, height, count)
+        graph = SceneGraph(tuple(SceneObject(f"o.{i}", "o", b) for i, b in enumerate(boxes)),
+                           image_width=width, image_height=height)
+
+        def positions_only(boxes=boxes):  # before issue 26
+            meters = depth_to_meters("16UC1", width, height, width * 2, depth.data, False)
+            k = intrinsics_for_size(info, width, height)
+            return [lift_box_to_3d(b, meters, k) for b in boxes]
+
+        def located(transform=None, graph=graph):
+            AlignedDepth(depth, info, (width, height), transform=transform).locate(graph)
+
+        stages[f"depth: positions only, {count} obj"] = measure(positions_only, repeats)
+        stages[f"depth: positions + sizes, {count} obj"] = measure(located, repeats)
+        stages[f"depth: + target frame, {count} obj"] = measure(lambda: located(mount), repeats)
+    lookup = tf2_lookup()
+    if lookup is not None:
+        stages["tf2 lookup (static + moving)"] = measure(lookup, repeats * 10)
+    return stages
+
+
+def tf2_lookup():
+    """One replay BagTransforms lookup through base_link (static) and odom (moving), or None."""
+    try:
+        from spatialthinker_ros.bag_types import make_typestore
+        from spatialthinker_ros.replay_tf import BagTransforms
+        from spatialthinker_ros.sample_bag import (
+            START_NS,
+            base_pose,
+            camera_mount,
+            transform_message,
+        )
+    except Exception:  # noqa: BLE001 - no tf2 here
+        return None
+    try:
+        buffer = BagTransforms("odom", lambda _: None)
+    except Exception:  # noqa: BLE001 - tf2_py not built: the row is left out
+        return None
+    store = make_typestore()
+
+    class Tf:
+        def __init__(self, transforms):
+            self.transforms = transforms
+
+    buffer.add(Tf([transform_message(store, camera_mount(0), START_NS)]), True, START_NS)
+    for i in range(40):
+        stamp = START_NS + i * 50_000_000
+        buffer.add(Tf([transform_message(store, base_pose(stamp), stamp)]), False, stamp)
+    frame = camera_mount(0).source_frame
+    return lambda: buffer.lookup(frame, START_NS + 1_025_000_000)
 
 
 def main() -> int:
@@ -202,6 +295,9 @@ def main() -> int:
         core_stages = ["convert bgr8", "resize", "prompt + processor", "parse + map boxes"]
         core_stages += [s for s in stages if s.startswith("messages")]
         draw_stages = ["draw (debug image)"] + [s for s in stages if s == "debug image message"]
+        for count in (1, 20):  # issue 26: what depth, sizes and the target frame add
+            for kind in ("positions only", "positions + sizes", "+ target frame"):
+                totals[(width, height, kind, count)] = stages[f"depth: {kind}, {count} obj"]
         swap_processor = {
             "resize": None,
             "prompt + processor": "alt: processor resizes (no resize stage)",
@@ -235,6 +331,16 @@ def main() -> int:
         low, mid = totals[(*FRAMES[0], label)]
         verdict = "met" if mid <= 0.005 else "met at min only" if low <= 0.005 else "MISSED"
         print(f"640x480 {label}: {ms(low)} ms min, {ms(mid)} ms median: target <= 5 ms {verdict}")
+    for width, height in FRAMES:  # issue 26, as ratios of the same run's per-frame overhead
+        base_low, base_mid = totals[(width, height, "TOTAL without draw")]
+        for count in (1, 20):
+            before = totals[(width, height, "positions only", count)]
+            after = totals[(width, height, "+ target frame", count)]
+            print(f"{width}x{height} {count:2d} obj: positions + sizes in a target frame "
+                  f"{ms(after.median)} ms median (positions only, before: "
+                  f"{ms(before.median)} ms) = {after.median / base_mid:.0%} of the per-frame "
+                  f"overhead without depth ({ms(base_mid)} ms), "
+                  f"{after.median / before.median:.1f}x positions only")
     callback = max(totals[(*f, "callback")] for f in FRAMES)
     print(f"callback: {ms(callback)} ms median: target <= 0.2 ms "
           f"{'met' if callback <= 0.0002 else 'MISSED'}")  # fmt: skip

@@ -12,11 +12,11 @@ a relative name is taken under it); `remappings` adds any other `from:=to` pairs
 remappings:="wrist/image:=/usb_cam/image_raw" (spatialthinker_ros/ros/launch_args.py).
 
 Parameters come from `config_file` (config/perception.yaml by default); the launch arguments
-model, device, autostart, use_depth and use_compressed override it when given. With
+model, device, autostart, use_depth, use_compressed and target_frame override it when given. With
 autostart:=false the node waits unconfigured: `ros2 lifecycle set /spatialthinker_node configure`,
 then `activate`. rviz:=true also starts RViz2 with the installed config/spatialthinker.rviz (one
-debug image display per camera, topics in the node's namespace: spatialthinker_ros/ros/
-rviz_config.py).
+debug image display per camera, topics in the node's namespace, the fixed frame the node's
+target_frame when it has one: spatialthinker_ros/ros/rviz_config.py).
 """
 
 from pathlib import Path
@@ -30,6 +30,7 @@ from launch_ros.substitutions import FindPackageShare
 from spatialthinker_ros.ros.launch_args import (
     camera_remappings,
     cameras_from_params_file,
+    param_from_params_file,
     parse_camera_list,
     parse_remappings,
 )
@@ -47,6 +48,8 @@ ARGUMENTS = (
     ("autostart", "true", "Configure and activate on start (false: drive the lifecycle yourself)"),
     ("use_depth", "", "true: subscribe depth + camera_info for 3D positions; empty: the file's"),
     ("use_compressed", "", "true: also subscribe <image>/compressed; empty: the file's"),
+    ("target_frame", "", "Frame of the objects' positions and sizes (tf2, e.g. base_link; RViz's "
+     "fixed frame with rviz:=true); empty: the file's (default: the camera's optical frame)"),
     ("namespace", "", "Namespace of the node and of its relative topics"),
     ("node_name", EXECUTABLE, "Name of the node"),
     ("cameras", "", "Camera names, comma-separated (head,wrist): camera C reads C/image etc.; "
@@ -70,7 +73,7 @@ BOOLEAN_OVERRIDES = ("use_depth", "use_compressed")
 # node's orderly shutdown (cancel the running inference, unload the model, free the GPU) and the
 # interpreter's exit with torch loaded take longer than that on a busy machine.
 SIGTERM_TIMEOUT_S = "30"
-STRING_OVERRIDES = ("model", "device")
+STRING_OVERRIDES = ("model", "device", "target_frame")
 
 
 def _is_true(text: str) -> bool:
@@ -116,8 +119,10 @@ def _launch_node(context, *_args, **_kwargs):
     if not _is_true(arg("rviz")):
         return [node]
     shipped = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", RVIZ_FILE])
+    target_frame = overrides.get("target_frame") or str(
+        param_from_params_file(arg("config_file"), arg("node_name"), "target_frame") or "")
     config = rviz_config_file(Path(shipped.perform(context)), arg("namespace"), cameras,
-                              parse_remappings(arg("remappings")))
+                              parse_remappings(arg("remappings")), target_frame)
     rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                 arguments=["-d", str(config)],
                 parameters=[{"use_sim_time": overrides["use_sim_time"]}])

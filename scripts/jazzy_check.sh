@@ -75,9 +75,11 @@ fi
 
 [ -x "$JVENV/bin/python" ] || { echo "jazzy_check: no $JVENV (scripts/jazzy_check.sh --setup)" >&2; exit 2; }
 "$JVENV/bin/python" -c "import rclpy, torch, transformers, pytest"
-# scripts/test.sh with the Jazzy venv and build; ST_ROS_CLI: not the Kilted composition_interfaces.
+# scripts/test.sh with the Jazzy venv and build; ST_ROS_CLI, ST_ROS_VENDOR: not the Kilted
+# composition_interfaces, vision_msgs and tf2 (built against the Kilted wheels).
 MAIN_RUFF=$VENV/bin/ruff
 VENV=$JVENV ST_ROS_BUILD=$JAZZY/ros SPATIALTHINKER_ROS_BUILD=$JAZZY/ros ST_ROS_CLI=$JAZZY/no-ros-cli \
+  ST_ROS_VENDOR=$JAZZY/no-ros-vendor \
   RUFF=$MAIN_RUFF SPATIALTHINKER_REQUIRE_ROS2_CLI= \
   bash "$ROOT/scripts/test.sh" "${TESTS[@]}"
 echo "jazzy_check: ${TESTS[*]} in $(( $(date +%s) - start )) s"

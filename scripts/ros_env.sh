@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Source me: puts the install tree of scripts/build_interfaces.sh on the paths, so
 # `spatialthinker_ros.msg/srv/action` import and `ros2`-style tools find the package.
-#   . scripts/ros_env.sh            (VENV, ST_ROS_BUILD and ST_ROS_CLI override the defaults)
+#   . scripts/ros_env.sh  (VENV, ST_ROS_BUILD, ST_ROS_CLI and ST_ROS_VENDOR override the defaults)
 # The repository root goes on PYTHONPATH *before* the install tree: the source code wins over the
 # install tree's copy of it, and spatialthinker_ros.ros merges the generated msg/srv/action of the
 # install tree into the package (pkgutil.extend_path).
@@ -28,4 +28,13 @@ for _st_dir in "$_st_cli"/lib/python3*/site-packages; do
     export AMENT_PREFIX_PATH="${AMENT_PREFIX_PATH:+$AMENT_PREFIX_PATH:}$_st_cli"
   fi
 done
-unset _st_root _st_venv _st_install _st_site _st_dir _st_cli
+# vision_msgs and tf2 from scripts/build_vendor.sh, where built (ST_ROS_VENDOR overrides).
+_st_vendor=${ST_ROS_VENDOR:-$_st_root/build/ros-vendor}
+for _st_dir in "$_st_vendor"/lib/python3*/site-packages; do
+  if [ -d "$_st_dir" ]; then
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$_st_dir"
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$_st_vendor/lib"
+    export AMENT_PREFIX_PATH="${AMENT_PREFIX_PATH:+$AMENT_PREFIX_PATH:}$_st_vendor"
+  fi
+done
+unset _st_root _st_venv _st_install _st_site _st_dir _st_cli _st_vendor

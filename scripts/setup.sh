@@ -25,6 +25,8 @@ echo "[setup] building msg/srv/action"
 bash "$ROOT/scripts/build_interfaces.sh" "$VENV"
 echo "[setup] ROS 2 launch system + ros2 CLI (from ../shared/vendor where present)"
 bash "$ROOT/scripts/install_ros_cli.sh" "$VENV"
+echo "[setup] vision_msgs + tf2 (from ../shared/vendor where present)"
+bash "$ROOT/scripts/build_vendor.sh" "$VENV"
 # A venv (and build/) inside a checkout that lies in a colcon workspace is never crawled.
 touch "$VENV/COLCON_IGNORE"
 echo "[setup] done: $VENV"

@@ -177,6 +177,13 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", type=Path, help="write one JSON result per frame")
     parser.add_argument("--save-frames", type=Path, metavar="DIR", help="annotated frames as PNG")
     parser.add_argument("--prefix", default="/spatialthinker", help="output topic prefix")
+    parser.add_argument(
+        "--target-frame",
+        default="",
+        metavar="FRAME",
+        help="positions and sizes in this tf2 frame (e.g. base_link), from the bag's /tf and "
+        "/tf_static at each image's stamp (needs tf2_py); default: each camera's own frame",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_stop_after_argument(parser)
 
@@ -199,6 +206,7 @@ def replay_main(args: argparse.Namespace) -> int:
             save_frames=args.save_frames,
             progress=not args.quiet,
             stop_after=args.stop_after,
+            target_frame=args.target_frame,
         )
         prepared = prepare_replay(config)
     except ReplayError as exc:

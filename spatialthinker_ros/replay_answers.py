@@ -21,8 +21,10 @@ from .bag_io import CAMERA_INFO, COMPRESSED, IMAGE, ReplayOutputs
 from .bag_types import BagMessages
 from .core.depth import AlignedDepth
 from .core.engine import EngineError, Result, SpatialThinkerEngine
+from .core.fields import FrameHeader, positions_frame
 from .core.images import ImageConversionError, message_to_rgb
 from .core.outputs import AnswerOutputs, Request
+from .core.scene import SceneGraph
 from .core.serialize import result_to_dict
 from .core.status import AnswerStatus
 from .core.text import one_line
@@ -32,6 +34,7 @@ from .replay_frames import FrameWork
 SCENE_GRAPH = "spatialthinker_ros/msg/SceneGraph"
 ANSWER = "spatialthinker_ros/msg/SpatialAnswer"
 MARKERS = "visualization_msgs/msg/MarkerArray"
+MAX_TRANSFORM_WARNINGS = 5  # frames without the target frame's transform warned of, then counted
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class FrameOutcome:
     skipped_bad_image: bool = False
     inference_error: bool = False
     positions: int = 0
+    transform_failure: str = ""  # why the target frame's transform was missing
 
 
 class FrameAnswerer:
@@ -116,15 +120,25 @@ class FrameAnswerer:
         if work.depth is not None:
             depth = AlignedDepth(work.depth, work.camera_info, (rgb.shape[1], rgb.shape[0]),
                                  image_frame_id=header.frame_id)
+        resolved = work.transform  # --target-frame: looked up by the reader at the image stamp
+        transform = None if resolved is None else (lambda: resolved)
+        if isinstance(work.transform, str):
+            outcome.transform_failure = work.transform
         if work.camera_info_raw is not None:  # Foxglove's 3D panel needs the intrinsics
             outcome.outputs.append(BagRecord(camera.info, CAMERA_INFO, work.camera_info_raw))
         for index, (request, result) in enumerate(zip(requests, results, strict=True)):
             outputs = AnswerOutputs(
-                self.make, request, header, depth=depth, camera_info=work.camera_info
+                self.make, request, header, depth=depth, camera_info=work.camera_info,
+                transform=transform,
             )
             scene, answer = outputs.answer(result)
             if depth is not None and depth.error:
                 outcome.warnings.append(f"no 3D positions: {depth.error}")
+            note = outputs.note(scene.graph)
+            if note:  # as the live node: why objects have no 3D position
+                answer.status_message = "; ".join(
+                    m for m in (answer.status_message, note) if m
+                )
             outcome.positions += sum(o.position is not None for o in scene.graph.objects)
             for kind, msgtype, msg in (
                 ("scene_graph", SCENE_GRAPH, scene.scene_graph),
@@ -133,7 +147,7 @@ class FrameAnswerer:
             ):
                 outcome.outputs.append(self._record(c.output_topic(camera, kind), msgtype, msg))
             if c.jsonl is not None:
-                outcome.outputs.append(JsonLine(self._json(work, result, scene.graph)))
+                outcome.outputs.append(JsonLine(self._json(work, result, scene.graph, note)))
             if index == 0:  # the debug image shows the first question's answer
                 annotated = outputs.annotate(rgb, scene, result)
                 debug = outputs.debug_image(annotated)
@@ -157,14 +171,18 @@ class FrameAnswerer:
     def _record(self, topic: str, msgtype: str, msg) -> BagRecord:
         return BagRecord(topic, msgtype, self.store.serialize_cdr(msg, msgtype))
 
-    @staticmethod
-    def _json(work: FrameWork, result: Result, graph) -> str:
+    def _json(self, work: FrameWork, result: Result, graph: SceneGraph, note: str) -> str:
         header = work.frame.msg.header
         record = {
             "stamp": work.frame.stamp_ns / 1e9,
             "frame_id": header.frame_id,
             "camera": work.camera.name,
+            "target_frame": self.config.target_frame,
+            "positions_note": note,
         }
+        # The frame the positions are in, named as the SceneGraph message names it.
+        frame = positions_frame(graph, FrameHeader.of(header))
+        graph = replace(graph, positions_frame_id=frame)
         located = replace(result, reasoning=replace(result.reasoning, scene_graph=graph))
         record.update(result_to_dict(located))
         return json.dumps(record) + "\n"
@@ -190,6 +208,12 @@ class OutcomeWriter:
         s.skipped_bad_image += outcome.skipped_bad_image
         s.inference_errors += outcome.inference_error
         s.positions += outcome.positions
+        if outcome.transform_failure and outcome.answered:
+            s.transform_failures += 1
+            if s.transform_failures <= MAX_TRANSFORM_WARNINGS:
+                more = " (further ones are counted)" if (
+                    s.transform_failures == MAX_TRANSFORM_WARNINGS) else ""
+                self.warn(f"no 3D positions: {outcome.transform_failure}{more}")
         bag_ns = outcome.work.frame.bag_ns
         for output in outcome.outputs:
             if isinstance(output, BagRecord):

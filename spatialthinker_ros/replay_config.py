@@ -105,6 +105,9 @@ class ReplayConfig:
     depth_tolerance_s: float = 0.05
     progress: bool = True
     stop_after: str = ""  # "scene_graph": answers end with the scene graph (engine.answer)
+    # Positions and sizes in this tf2 frame (from the bag's /tf and /tf_static); "": each
+    # camera's own frame.
+    target_frame: str = ""
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.max_frames < 0:
@@ -120,6 +123,13 @@ class ReplayConfig:
             raise ReplayError(f"depth_tolerance_s must be >= 0, got {self.depth_tolerance_s}")
         if not self.questions:
             raise ReplayError("give at least one question")
+        frame = self.target_frame
+        if frame and (frame != frame.strip() or frame.startswith("/") or len(frame) > 256
+                      or not frame.isprintable()):
+            raise ReplayError(
+                f"--target-frame {frame[:80]!r}: give a tf2 frame id such as base_link (no "
+                "leading /, no spaces or control characters, at most 256 characters)"
+            )
         if self.prefix and not (self.prefix.startswith("/") and _NAME.fullmatch(self.prefix[1:])):
             raise ReplayError(
                 f"--prefix {self.prefix!r}: give an absolute ROS name such as /spatialthinker "
@@ -168,6 +178,8 @@ class ReplaySummary:
     skipped_bad_image: int = 0
     inference_errors: int = 0
     positions: int = 0
+    transform_failures: int = 0  # answered frames without the target frame's transform
+    transforms_dropped: int = 0  # bad /tf input left out (see warnings)
     answered_by_camera: dict[str, int] = field(default_factory=dict)
     stopped_early: str = ""  # why the input ended before its end ("" when read to the end)
     interrupted: bool = False
@@ -189,6 +201,9 @@ class ReplaySummary:
             f"({fps:.2f} frames/s), {self.skipped_bad_image} skipped (bad image), "
             f"{self.inference_errors} inference errors, {self.positions} 3D positions"
         )
+        if self.transform_failures or self.transforms_dropped:
+            text += (f", {self.transform_failures} frames without the target frame's transform,"
+                     f" {self.transforms_dropped} transforms dropped")
         if len(self.answered_by_camera) > 1:
             text += " (answered by camera: " + ", ".join(
                 f"{name} {n}" for name, n in self.answered_by_camera.items()

@@ -3,7 +3,10 @@
 Each camera keeps its own depth history, CameraInfo and pending frames. A selected image waits
 until depth up to its stamp + the tolerance had time to arrive (bag time), then leaves as a
 `FrameWork` with the depth image nearest in stamp and the CameraInfo its camera had then.
-Frames leave in bag-time order across the cameras. Nothing here calls the model. No rclpy.
+Frames leave in bag-time order across the cameras. With a target frame, /tf and /tf_static go
+into tf2's BufferCore (`replay_tf`), a frame waits TF_WAIT_S of bag time for the transforms
+after its stamp, and leaves with the transform at its stamp (or why there is none). Nothing here
+calls the model. No rclpy.
 """
 
 from __future__ import annotations
@@ -17,15 +20,24 @@ from rosbags.typesys.store import Typestore
 
 from .bag_io import BagInput, OutputPaths, ReplayError, check_outputs, open_bag, topic_roles
 from .core.text import one_line
+from .core.transforms import RigidTransform
 from .replay_config import CameraTopics, ReplayConfig, ReplaySummary
+from .replay_tf import (
+    TF_MESSAGE,
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    TF_WAIT_S,
+    BagTransforms,
+    import_tf2_py,
+)
 
 DEPTH_HISTORY = 64  # depth images kept per camera for matching by stamp
 
 
 @dataclass(frozen=True)
 class Route:
-    camera: int  # index into ReplayConfig.cameras
-    role: str  # "image" | "depth" | "info"
+    camera: int  # index into ReplayConfig.cameras (-1: none, for /tf)
+    role: str  # "image" | "depth" | "info" | "tf" | "tf_static"
 
 
 @dataclass
@@ -47,11 +59,32 @@ def prepare_replay(config: ReplayConfig) -> ReplayInput:
             routes.update({topic: Route(index, role) for topic, role in roles.items()})
             if bag.topics[camera.image].count == 0:
                 raise ReplayError(f"topic {camera.image} of {bag.path} holds no messages")
+        if config.target_frame:
+            routes.update(_tf_routes(bag, config.target_frame))
+            import_tf2_py()  # before a model loads: one line where tf2 is absent
         check_outputs(bag, OutputPaths(config.out_bag, config.jsonl, config.save_frames))
     except BaseException:
         bag.close()
         raise
     return ReplayInput(bag, routes)
+
+
+def _tf_routes(bag: BagInput, target_frame: str) -> dict[str, Route]:
+    """/tf and /tf_static (either may be missing, not both), each a TFMessage."""
+    routes = {}
+    for topic, role in ((TF_TOPIC, "tf"), (TF_STATIC_TOPIC, "tf_static")):
+        info = bag.topics.get(topic)
+        if info is None:
+            continue
+        if info.msgtype != TF_MESSAGE:
+            raise ReplayError(f"topic {topic} has type {info.msgtype}, expected {TF_MESSAGE}")
+        routes[topic] = Route(-1, role)
+    if not routes:
+        raise ReplayError(
+            f"--target-frame {target_frame}: {bag.path} has neither {TF_TOPIC} nor "
+            f"{TF_STATIC_TOPIC} (record them with the cameras)"
+        )
+    return routes
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,8 @@ class FrameWork:
     depth: Any | None  # the depth image nearest in stamp within the tolerance (with CameraInfo)
     camera_info: Any | None
     camera_info_raw: bytes | None
+    # With a target frame: the image's frame -> target frame at its stamp, or why none.
+    transform: RigidTransform | str | None = None
 
 
 @dataclass
@@ -107,6 +142,11 @@ class FrameReader:
         self.summary = summary
         self.on_image = on_image
         self.tolerance_ns = int(config.depth_tolerance_s * 1e9)
+        self.wait_ns = self.tolerance_ns  # how long (bag time) a selected image waits
+        self.transforms: BagTransforms | None = None
+        if config.target_frame:
+            self.transforms = BagTransforms(config.target_frame, summary.warn)
+            self.wait_ns = max(self.wait_ns, int(TF_WAIT_S * 1e9))
         self.cameras = [_Camera(i, c) for i, c in enumerate(config.cameras)]
         self.released = 0
 
@@ -131,6 +171,10 @@ class FrameReader:
                 break
             count, last_ns = count + 1, bag_ns
             route = source.routes[topic]
+            if route.camera < 0:  # frames due leave first: a looped bag's jump clears the buffer
+                yield from self._release(bag_ns)
+                self._take_tf(route, topic, msgtype, bag_ns, raw)
+                continue
             images[route.camera] += route.role == "image"
             try:  # one message a recorder wrote badly (invalid CDR, a non-UTF-8 frame_id)
                 msg = self.store.deserialize_cdr(raw, msgtype)
@@ -159,6 +203,22 @@ class FrameReader:
                     f"hold {read} of that topic and type (metadata.yaml and the bag files "
                     "disagree)", 400)
                 return
+
+    def _take_tf(self, route: Route, topic: str, msgtype: str, bag_ns: int, raw: bytes) -> None:
+        if self.transforms is None:
+            return
+        try:
+            msg = self.store.deserialize_cdr(raw, msgtype)
+        except Exception as exc:  # noqa: BLE001 - a badly written message: skip it
+            self.summary.warn(
+                f"skipped {topic} message at bag time {bag_ns / 1e9:.3f} s that cannot be "
+                f"decoded: {one_line(exc, 200)}"
+            )
+            return
+        self.transforms.add(msg, route.role == "tf_static", bag_ns)
+        self.summary.transforms_dropped = sum(
+            n for kind, n in self.transforms.dropped.items() if kind != "repeated"
+        )
 
     def _skip_undecodable(self, route: Route, topic: str, bag_ns: int, exc: Exception) -> None:
         if route.role == "image":
@@ -209,16 +269,19 @@ class FrameReader:
             ready = [
                 cam for cam in self.cameras
                 if cam.pending and (now_ns is None
-                                    or cam.pending[0].bag_ns + self.tolerance_ns < now_ns)
+                                    or cam.pending[0].bag_ns + self.wait_ns < now_ns)
             ]
             if not ready:
                 return
             camera = min(ready, key=lambda cam: (cam.pending[0].bag_ns, cam.index))
             frame = camera.pending.popleft()
             seq, self.released = self.released, self.released + 1
+            transform = None
+            if self.transforms is not None:
+                transform = self.transforms.lookup(frame.msg.header.frame_id, frame.stamp_ns)
             yield FrameWork(
                 seq, camera.topics, frame, self._depth_for(camera, frame), camera.info,
-                camera.info_raw,
+                camera.info_raw, transform,
             )
 
     def _depth_for(self, camera: _Camera, frame: Frame) -> Any | None:

@@ -5,11 +5,18 @@ aligned 16UC1 depth image (millimetres) and camera_info, at 10 Hz. With several 
 (`cameras=N`), camera k (from 0) is `sample_camera(k)`: the first on today's topics, the others
 under `/camera<k+1>/`, each k x 0.5 m further back (its depths), k x 10 ms late (its stamps)
 and with a darker floor, so that every camera's answers, stamps and 3D positions are its own.
+
+With `tf=True` the bag also holds /tf_static (each camera's optical frame on `base_link`:
+`camera_mount(k)`) and a moving /tf (`base_link` in `odom`: `base_pose(t)`, driving at
+SPEED_M_S along odom's x while turning at YAW_RATE_RAD_S, at 20 Hz, stamps between the images'
+and from 0.5 s before the first image to 1 s after the last), so that replay --target-frame
+can be checked against R p + t at each image's stamp.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,6 +30,8 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from .arguments import fail
 from .bag_types import make_typestore, new_message
 from .core.files import creatable_problem
+from .core.transforms import RigidTransform
+from .replay_tf import TF_MESSAGE, TF_STATIC_TOPIC, TF_TOPIC
 
 IMAGE_TOPIC = "/camera/image_raw"
 DEPTH_TOPIC = "/camera/depth/image_raw"
@@ -41,6 +50,15 @@ COMPRESSION = {
 
 
 MAX_CAMERAS = 9  # camera k is k x 10 ms late: all within one 100 ms frame period
+
+# --tf: frames and motion (see the module docstring).
+BASE_FRAME, ODOM_FRAME = "base_link", "odom"
+CAMERA_HEIGHT_M, CAMERA_FORWARD_M, CAMERA_SPACING_M = 1.1, 0.25, 0.15
+CAMERA_PITCH_RAD = math.radians(20.0)  # looking down
+SPEED_M_S, YAW_RATE_RAD_S = 0.5, 0.2
+TF_PERIOD_NS, TF_OFFSET_NS = 50_000_000, 13_000_000
+# optical (x right, y down, z ahead) -> base_link (x ahead, y left, z up), as x y z w
+OPTICAL_IN_BASE = (-0.5, 0.5, -0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,34 @@ def sample_camera(k: int) -> SampleCamera:
     )
 
 
+def _multiply(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """Quaternion product a * b (x y z w): rotate by b, then by a."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return (aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz)
+
+
+def camera_mount(k: int) -> RigidTransform:
+    """Camera k's optical frame in base_link (static): CAMERA_FORWARD_M ahead, k x
+    CAMERA_SPACING_M to the right, CAMERA_HEIGHT_M up, pitched down by CAMERA_PITCH_RAD."""
+    half = CAMERA_PITCH_RAD / 2.0
+    q = _multiply((0.0, math.sin(half), 0.0, math.cos(half)), OPTICAL_IN_BASE)
+    return RigidTransform.from_xyzq(CAMERA_FORWARD_M, -CAMERA_SPACING_M * k, CAMERA_HEIGHT_M, *q,
+                                    target_frame=BASE_FRAME,
+                                    source_frame=sample_camera(k).frame_id)
+
+
+def base_pose(stamp_ns: int) -> RigidTransform:
+    """base_link in odom at `stamp_ns`: SPEED_M_S along x and YAW_RATE_RAD_S about z since
+    START_NS."""
+    dt = (stamp_ns - START_NS) / 1e9
+    half = YAW_RATE_RAD_S * dt / 2.0
+    return RigidTransform.from_xyzq(SPEED_M_S * dt, 0.0, 0.0, 0.0, 0.0, math.sin(half),
+                                    math.cos(half), target_frame=ODOM_FRAME,
+                                    source_frame=BASE_FRAME, stamp_ns=stamp_ns)
+
+
 @dataclass(frozen=True)
 class SampleFrame:
     rgb: np.ndarray  # HxWx3 uint8
@@ -98,7 +144,12 @@ def render_frame(index: int, camera: int = 0) -> SampleFrame:
 
 
 def write_sample_bag(
-    out: Path, frames: int = 5, storage: str = "mcap", compression: str = "none", cameras: int = 1
+    out: Path,
+    frames: int = 5,
+    storage: str = "mcap",
+    compression: str = "none",
+    cameras: int = 1,
+    tf: bool = False,
 ) -> Path:
     """Write the bag (the directory must not exist) and return its path."""
     if not 1 <= cameras <= MAX_CAMERAS:
@@ -120,27 +171,65 @@ def write_sample_bag(
                 (cam.camera_info_topic, "sensor_msgs/msg/CameraInfo"),
             ):
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+        records: list[tuple[int, str, bytes]] = []  # (bag time, topic, CDR), written in order
+        if tf:
+            for topic in (TF_STATIC_TOPIC, TF_TOPIC):
+                conns[topic] = writer.add_connection(topic, TF_MESSAGE, typestore=store)
+            records += _tf_records(store, cameras, frames)
         for i in range(frames):
             for k, cam in enumerate(cams):
                 frame = render_frame(i, k)
                 for topic, msg, msgtype in _camera_messages(store, cam, frame):
-                    writer.write(conns[topic], frame.stamp_ns, store.serialize_cdr(msg, msgtype))
+                    records.append((frame.stamp_ns, topic, store.serialize_cdr(msg, msgtype)))
+        for bag_ns, topic, data in sorted(records, key=lambda r: r[0]):
+            writer.write(conns[topic], bag_ns, data)
     return out
+
+
+def transform_message(store, transform: RigidTransform, stamp_ns: int) -> Any:
+    """A geometry_msgs/TransformStamped (rosbags) of `transform` stamped `stamp_ns`."""
+    m = "geometry_msgs/msg/"
+    x, y, z = transform.translation
+    qx, qy, qz, qw = transform.rotation
+    return new_message(
+        store, m + "TransformStamped", header=_header(store, stamp_ns, transform.target_frame),
+        child_frame_id=transform.source_frame,
+        transform=new_message(
+            store, m + "Transform",
+            translation=new_message(store, m + "Vector3", x=x, y=y, z=z),
+            rotation=new_message(store, m + "Quaternion", x=qx, y=qy, z=qz, w=qw),
+        ),
+    )
+
+
+def _tf_records(store, cameras: int, frames: int) -> list[tuple[int, str, bytes]]:
+    static_ns = START_NS - 1_000_000_000
+    mounts = [transform_message(store, camera_mount(k), static_ns) for k in range(cameras)]
+    static = new_message(store, TF_MESSAGE, transforms=mounts)
+    records = [(static_ns, TF_STATIC_TOPIC, store.serialize_cdr(static, TF_MESSAGE))]
+    stamp = START_NS - 500_000_000 + TF_OFFSET_NS
+    while stamp <= START_NS + frames * 100_000_000 + 1_000_000_000:
+        moving = new_message(store, TF_MESSAGE,
+                             transforms=[transform_message(store, base_pose(stamp), stamp)])
+        records.append((stamp, TF_TOPIC, store.serialize_cdr(moving, TF_MESSAGE)))
+        stamp += TF_PERIOD_NS
+    return records
+
+
+def _header(store, stamp_ns: int, frame_id: str) -> Any:
+    return new_message(
+        store,
+        "std_msgs/msg/Header",
+        stamp=new_message(
+            store, "builtin_interfaces/msg/Time", sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9
+        ),
+        frame_id=frame_id,
+    )
 
 
 def _camera_messages(store, cam: SampleCamera, frame: SampleFrame) -> list[tuple[str, Any, str]]:
     """(topic, message, type) of one camera's image, depth and camera_info for one frame."""
-    header = new_message(
-        store,
-        "std_msgs/msg/Header",
-        stamp=new_message(
-            store,
-            "builtin_interfaces/msg/Time",
-            sec=frame.stamp_ns // 10**9,
-            nanosec=frame.stamp_ns % 10**9,
-        ),
-        frame_id=cam.frame_id,
-    )
+    header = _header(store, frame.stamp_ns, cam.frame_id)
     image = new_message(
         store,
         "sensor_msgs/msg/Image",
@@ -192,6 +281,11 @@ def add_make_sample_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compression", choices=list(COMPRESSION), default="none", help="zstd, as rosbag2 does"
     )
+    parser.add_argument(
+        "--tf", action="store_true",
+        help=f"also /tf_static (cameras on {BASE_FRAME}) and a moving /tf ({BASE_FRAME} in "
+        f"{ODOM_FRAME}) for replay --target-frame",
+    )
 
 
 def make_sample_bag_main(args: argparse.Namespace) -> int:
@@ -201,7 +295,8 @@ def make_sample_bag_main(args: argparse.Namespace) -> int:
     if problem is not None:
         return fail(problem)
     try:
-        write_sample_bag(args.out, args.frames, args.storage, args.compression, args.cameras)
+        write_sample_bag(args.out, args.frames, args.storage, args.compression, args.cameras,
+                         args.tf)
     except ValueError as exc:
         return fail(exc)
     except Exception as exc:  # noqa: BLE001 - OSError, rosbags' WriterError: disk full and kin
@@ -211,4 +306,6 @@ def make_sample_bag_main(args: argparse.Namespace) -> int:
     print(f"wrote {args.frames} frames to {args.out} ({args.storage}):")
     for cam in map(sample_camera, range(args.cameras)):
         print(f"  {cam.image_topic} (rgb8), {cam.depth_topic} (16UC1), {cam.camera_info_topic}")
+    if args.tf:
+        print(f"  /tf_static (cameras on {BASE_FRAME}), /tf ({BASE_FRAME} in {ODOM_FRAME})")
     return 0

@@ -30,9 +30,10 @@ HIDDEN = {
 }
 RESULT_DOC = (
     "Returns JSON: status, answer, option, matched_choice, matched_index, observation, "
-    "reasoning and scene_graph (objects with box [x_min, y_min, x_max, y_max] in image pixels "
-    "and position [x, y, z] in metres in the camera frame when depth is available; relations), "
-    "or {error, status, retryable} when no answer could be given."
+    "reasoning and scene_graph (objects with box [x_min, y_min, x_max, y_max] in image pixels, "
+    "and, when depth is available, position [x, y, z] and size [x, y, z] in metres in the "
+    "frame positions_frame_id names (the robot's frame, e.g. base_link, or the camera's "
+    "optical frame); relations), or {error, status, retryable} when no answer could be given."
 )
 FORMATS = ("openai", "mcp")
 # Argument errors carry the status the node gives a request it rejects.

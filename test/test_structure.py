@@ -12,7 +12,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "spatialthinker_ros"
 PACKAGE = PACKAGE_DIR.name
 MAX_LINES = 500
 # Modules that must never import rclpy (they run where ROS is not installed).
-ROS_FREE = ("core", "replay", "replay_config", "replay_frames", "replay_answers", "bag_io",
+ROS_FREE = ("core", "replay", "replay_config", "replay_frames", "replay_answers", "replay_tf",
+            "bag_io",
             "bag_types", "sample_bag", "cli", "arguments", "evaluation", "testing",
             "interface_docs", "tool_schema")
 

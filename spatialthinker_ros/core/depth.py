@@ -1,4 +1,5 @@
-"""3D object positions from an aligned depth image and the camera intrinsics (no rclpy).
+"""3D object positions and sizes from an aligned depth image and the camera intrinsics, in the
+camera frame or mapped by a `core.transforms.RigidTransform` into a target frame (no rclpy).
 
 Messages are read by field name, so rclpy's and rosbags' `sensor_msgs/Image` and `CameraInfo`
 both work. Bad input never raises here: an uncalibrated CameraInfo (K all zero), NaN or infinite
@@ -7,6 +8,7 @@ intrinsics, an undecodable depth image or too few valid depth pixels mean "no 3D
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,6 +19,7 @@ from .geometry import Size, map_box
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, depth_to_meters
 from .scene import Box, SceneGraph
 from .text import one_line
+from .transforms import RigidTransform, object_extents
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,11 @@ class AlignedDepth:
 
     `image_size` is the colour image's (w, h): the boxes' frame. The depth image may have
     another size (boxes and intrinsics are scaled). `error` says why no position can be given
-    ("" while none was needed or all is well)."""
+    ("" while none was needed or all is well).
+
+    With `transform` (camera optical frame -> target frame, at the image's stamp) positions and
+    sizes are in its target frame; `transform_error` (why the target frame's transform could not
+    be had) means no positions at all: never positions in another frame than the graph says."""
 
     def __init__(
         self,
@@ -119,11 +126,16 @@ class AlignedDepth:
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         missing: str = "",
         image_frame_id: str = "",
+        *,
+        transform: RigidTransform | None = None,
+        transform_error: str = "",
     ) -> None:
         """`missing`: why `depth` or `camera_info` is None, when the caller knows;
         `image_frame_id`: the colour image's header.frame_id (depth and camera_info stamped
         with another frame are another camera's, or depth not aligned to this image)."""
         self._frame_id = image_frame_id
+        self.transform = transform
+        self.transform_error = one_line(transform_error) if transform_error else ""
         self._depth = depth
         self._info = camera_info
         self._image_size = image_size
@@ -135,6 +147,22 @@ class AlignedDepth:
     @property
     def available(self) -> bool:
         return self._depth is not None and self._info is not None
+
+    @property
+    def positions_frame_id(self) -> str:
+        """The frame the positions are in: the transform's target frame, "" = the image's."""
+        return self.transform.target_frame if self.transform is not None else ""
+
+    def with_transform(self, transform: RigidTransform | str) -> AlignedDepth:
+        """This depth frame placing its positions with `transform`, or, given a reason (str),
+        placing none; the depth image is converted once for all of them."""
+        self._prepare()
+        other = copy.copy(self)
+        if isinstance(transform, str):
+            other.transform, other.transform_error = None, one_line(transform or "no transform")
+        else:
+            other.transform, other.transform_error = transform, ""
+        return other
 
     def _prepare(self) -> bool:
         if self._meters is not None:
@@ -177,6 +205,8 @@ class AlignedDepth:
         missing = [obj.id for obj in graph.objects if obj.box is not None and obj.position is None]
         if not missing:
             return ""
+        if self.transform_error:
+            return one_line(f"no 3D positions: {self.transform_error}")
         if self.error:
             return one_line(f"no 3D positions: {self.error}")
         more = ", ..." if len(missing) > 5 else ""
@@ -184,16 +214,26 @@ class AlignedDepth:
         return one_line(f"no 3D position for {names}: too few valid depth pixels in the box")
 
     def locate(self, graph: SceneGraph) -> SceneGraph:
-        """`graph` with a 3D position on every object whose box has enough valid depth."""
-        if not graph.objects or not self._prepare():
-            return graph
+        """`graph` with a 3D position (and a size where the depth points allow) on every object
+        whose box has enough valid depth, in `positions_frame_id`."""
+        frame = self.positions_frame_id
+        if not graph.objects or self.transform_error or not self._prepare():
+            # No position comes in another frame than the graph names.
+            unplaced = tuple(replace(o, position=None, size=None) for o in graph.objects)
+            return replace(graph, objects=unplaced, positions_frame_id=frame)
         assert self._meters is not None and self._intrinsics is not None
         depth_size = (self._meters.shape[1], self._meters.shape[0])
         objects = []
         for obj in graph.objects:
-            position = None
+            position = size = None
             if obj.box is not None:
                 box = map_box(obj.box, self._image_size, depth_size)
                 position = lift_box_to_3d(box, self._meters, self._intrinsics)
-            objects.append(replace(obj, position=position))
-        return graph.with_objects(tuple(objects))
+                if position is not None:
+                    extents, _ = object_extents(box, self._meters, self._intrinsics,
+                                                self.transform)
+                    size = extents.size if extents is not None else None
+                    if self.transform is not None:
+                        position = self.transform.apply_point(position)
+            objects.append(replace(obj, position=position, size=size))
+        return replace(graph, objects=tuple(objects), positions_frame_id=frame)

@@ -9,8 +9,9 @@ that size, and maps the boxes back to the camera image with `map_box`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from .scene import Box, SceneGraph, SceneObject
+from .scene import Box, SceneGraph
 from .types import Size
 
 # Qwen2.5-VL: 14-pixel patches merged 2x2 -> image sides are multiples of 28.
@@ -66,9 +67,7 @@ def map_box(box: Box, from_size: Size, to_size: Size) -> Box:
 def map_scene_graph(graph: SceneGraph, from_size: Size, to_size: Size) -> SceneGraph:
     """A graph parsed in the model's frame, with every box mapped to `to_size` pixels."""
     objects = tuple(
-        o
-        if o.box is None
-        else SceneObject(o.id, o.label, map_box(o.box, from_size, to_size), o.position)
+        o if o.box is None else replace(o, box=map_box(o.box, from_size, to_size))
         for o in graph.objects
     )
-    return SceneGraph(objects, graph.relations, image_width=to_size[0], image_height=to_size[1])
+    return replace(graph, objects=objects, image_width=to_size[0], image_height=to_size[1])

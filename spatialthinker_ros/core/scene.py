@@ -38,8 +38,12 @@ class SceneObject:
     id: str
     label: str
     box: Box | None = None
-    # 3D centre in the camera optical frame (metres), when depth + intrinsics gave one.
+    # 3D centre (metres) in the graph's `positions_frame_id`, when depth + intrinsics (and the
+    # transform, for a target frame) gave one.
     position: tuple[float, float, float] | None = None
+    # Size (metres) of the axis-aligned 3D box around the object's depth points, along the
+    # axes of the same frame (core.transforms.object_extents).
+    size: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class SceneGraph:
     relations: tuple[Relation, ...] = ()
     image_width: int = 0
     image_height: int = 0
+    # The frame of every object's position and size; "" = the image header's frame (camera).
+    positions_frame_id: str = ""
 
     def object_by_id(self, object_id: str) -> SceneObject | None:
         return next((o for o in self.objects if o.id == object_id), None)

@@ -12,12 +12,15 @@ def scene_graph_to_dict(graph: SceneGraph) -> dict[str, Any]:
     return {
         "image_width": graph.image_width,
         "image_height": graph.image_height,
+        # The frame of the positions and sizes ("" = the image header's frame).
+        "positions_frame_id": graph.positions_frame_id,
         "objects": [
             {
                 "id": o.id,
                 "label": o.label,
                 "box": None if o.box is None else [round(v, 2) for v in o.box.as_list()],
                 "position": None if o.position is None else [round(v, 4) for v in o.position],
+                "size": None if o.size is None else [round(v, 4) for v in o.size],
             }
             for o in graph.objects
         ],

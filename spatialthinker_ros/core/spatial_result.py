@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fields import positions_frame
 from .outputs import FrameHeader
 from .scene import SceneGraph, SceneObject
 from .serialize import scene_graph_to_dict
@@ -30,7 +31,8 @@ class SpatialResult:
     matched_index: int = -1  # its index in `choices`, -1 when none
     reasoning: str = ""
     observation: str = ""
-    # Objects (boxes in source-image pixels, positions in metres in header.frame_id) and relations.
+    # Objects (boxes in source-image pixels, positions and sizes in metres in
+    # `positions_frame_id`) and relations.
     scene_graph: SceneGraph = field(default_factory=SceneGraph)
     header: FrameHeader = field(default_factory=FrameHeader)  # the source image's stamp, frame
     camera: str = ""
@@ -45,6 +47,13 @@ class SpatialResult:
     def answered(self) -> bool:
         """The model gave an answer a planner can act on (OK or PARTIAL)."""
         return self.status in (AnswerStatus.OK, AnswerStatus.PARTIAL)
+
+    @property
+    def positions_frame_id(self) -> str:
+        """The frame of every object's position and size: the node's target_frame (base_link,
+        odom, ...) or, without one, the camera's optical frame (header.frame_id); "" when no
+        object has a position."""
+        return positions_frame(self.scene_graph, self.header)
 
     def find(self, id_or_label: str) -> SceneObject | None:
         """The object with this id ("cup.1"), else the first with this label ("cup")."""
@@ -94,7 +103,9 @@ def result_to_json(result: SpatialResult) -> dict[str, Any]:
         "matched_index": result.matched_index,
         "observation": result.observation,
         "reasoning": result.reasoning,
-        "scene_graph": scene_graph_to_dict(result.scene_graph),
+        "scene_graph": {**scene_graph_to_dict(result.scene_graph),
+                        "positions_frame_id": result.positions_frame_id},
+        "positions_frame_id": result.positions_frame_id,
         "frame_id": result.header.frame_id,
         "stamp_s": result.header.stamp_s,
         "camera": result.camera,

@@ -22,6 +22,7 @@ from ..core.outputs import AnswerOutputs, MarkerSource, Request
 from ..core.scene import SceneGraph
 from ..core.status import AnswerStatus
 from ..core.text import one_line
+from ..core.transforms import RigidTransform
 from ..core.types import BackendBusy, BackendTimeout, InvalidQuestion
 from . import topics
 from .conversions import image_msg_to_rgb, rclpy_message
@@ -30,6 +31,7 @@ from .frames import Frame
 from .intake import Camera, CameraIntake
 from .params import NodeSettings
 from .publishing import Publishers
+from .transforms import TargetFrame
 from .worker import FeedbackEvent, Job, Stage, StageTracker, StopReason
 
 
@@ -67,6 +69,7 @@ class Answerer:
         self._now_s = now_s
         self.engine: Any = None  # set on configure, None after cleanup
         self.settings: NodeSettings | None = None
+        self.target_frame: TargetFrame | None = None  # set on configure with a target_frame
         # Called with the camera and frame a standing question is answered about (the standing
         # question skips frames it already answered).
         self.on_standing_frame: Callable[[str, Frame], None] = lambda camera, frame: None
@@ -157,7 +160,8 @@ class Answerer:
                                          header.frame_id)
         outputs = AnswerOutputs(rclpy_message, request.echo, header, depth=depth,
                                 camera_info=camera.camera_info,
-                                marker_source=self._marker_sources.get(camera.name))
+                                marker_source=self._marker_sources.get(camera.name),
+                                transform=self._transform_source(header, settings))
         stream = _Stream(job, outputs, self._publishers)
         job.feedback.push(FeedbackEvent(Stage.OBSERVING, ""))
         t0 = time.monotonic()
@@ -173,7 +177,7 @@ class Answerer:
         streamed = outputs.streamed
         scene, answer = outputs.answer(result)
         if depth is not None:
-            note = depth.note(scene.graph)
+            note = outputs.note(scene.graph)
             if note:
                 answer.status_message = "; ".join(m for m in (answer.status_message, note) if m)
         if scene is not streamed:  # `</scene>` never closed, or the final graph differs
@@ -184,9 +188,18 @@ class Answerer:
             self._publish_debug_image(debug_topic, outputs, rgb, scene, result)
         return answer
 
+    def _transform_source(self, header: Any, settings: NodeSettings
+                          ) -> Callable[[], RigidTransform | str] | None:
+        """The lookup of target_frame <- the image's frame at its stamp, run by AnswerOutputs
+        on this (the worker) thread when positions are first placed; None without a target."""
+        target = self.target_frame
+        if target is None:
+            return None
+        frame, sec, nanosec = str(header.frame_id), header.stamp.sec, header.stamp.nanosec
+        return lambda: target.resolve(frame, sec, nanosec, settings.transform_timeout_s)
+
     def _publish_scene(self, outputs: AnswerOutputs, scene) -> None:
-        detections = outputs.detections(scene) if self._publishers.publishes_detections else None
-        self._publishers.publish_scene(scene, detections)
+        self._publishers.publish_scene(scene, outputs)
 
     def _publish_debug_image(self, topic: str, outputs: AnswerOutputs, rgb, scene,
                              result) -> None:
@@ -247,8 +260,5 @@ class _Stream:
 
     def on_scene_graph(self, graph: SceneGraph, observation: str) -> None:
         scene = self._outputs.scene(graph, observation)
-        detections = None
-        if self._publishers.publishes_detections:
-            detections = self._outputs.detections(scene)
-        self._publishers.publish_scene(scene, detections)
+        self._publishers.publish_scene(scene, self._outputs)
         self._job.feedback.push(FeedbackEvent(Stage.SCENE_GRAPH_READY, "", scene.scene_graph))

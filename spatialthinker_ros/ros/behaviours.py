@@ -10,7 +10,10 @@ Non-blocking: `initialise` sends the action goal (SpatialThinkerClient.ask_async
 RUNNING until the answer is in, then SUCCESS when it is what the tree expects (an expected option
 letter or choice; with neither given, any answer) and FAILURE otherwise, on errors and on
 timeouts. The result goes to the blackboard under `blackboard_key` (None when the node gave no
-answer at all); `feedback_message` says why it failed. Interrupted (`terminate` with INVALID,
+answer at all; `result.positions_frame_id` names the frame of its positions and sizes);
+`feedback_message` says why it failed. With `positions_frame` (e.g. "base_link", the node's
+target_frame) an answer whose positions are in another frame fails, so that a tree never acts on
+camera-frame positions as if they were the robot's. Interrupted (`terminate` with INVALID,
 e.g. a higher-priority branch took over) or shut down (`tree.shutdown()`), it cancels the goal.
 The node must be spun while the tree ticks (an executor thread, or `executor.spin_once` between
 ticks).
@@ -38,7 +41,8 @@ class AskSpatialBehaviour(py_trees.behaviour.Behaviour):
     def __init__(self, name: str, question: str, choices: Sequence[str] = (), *,
                  client: SpatialThinkerClient | None = None,
                  expected_options: Sequence[str] = (), expected_choices: Sequence[str] = (),
-                 blackboard_key: str = "spatial_result", **ask_options: Any) -> None:
+                 blackboard_key: str = "spatial_result", positions_frame: str = "",
+                 **ask_options: Any) -> None:
         """`expected_options`: letters ("A"); `expected_choices`: entries of `choices`
         (case-insensitive). `ask_options`: SpatialThinkerClient.ask_async's (camera, timeout_s,
         retry_deadline_s, max_image_age_s, ...)."""
@@ -51,6 +55,7 @@ class AskSpatialBehaviour(py_trees.behaviour.Behaviour):
         unknown = self.expected_choices - {c.strip().casefold() for c in self.choices}
         if unknown:
             raise ValueError(f"expected choices {sorted(unknown)} are not among the choices")
+        self.positions_frame = positions_frame.strip().lstrip("/")
         self.ask_options = ask_options
         self.blackboard_key = blackboard_key
         self.blackboard = self.attach_blackboard_client(name=name)
@@ -88,6 +93,11 @@ class AskSpatialBehaviour(py_trees.behaviour.Behaviour):
             self.feedback_message = str(exc)
             return py_trees.common.Status.FAILURE
         self.blackboard.set(self.blackboard_key, result, overwrite=True)
+        frame = result.positions_frame_id
+        if self.positions_frame and frame and frame != self.positions_frame:
+            self.feedback_message = (f"answered {_answer(result)}, positions in {frame!r}, not "
+                                     f"{self.positions_frame!r}")
+            return py_trees.common.Status.FAILURE
         if self.expects(result):
             self.feedback_message = f"answered {_answer(result)}"
             return py_trees.common.Status.SUCCESS

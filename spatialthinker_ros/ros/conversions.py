@@ -94,20 +94,27 @@ def stamp_to_seconds(stamp: Any) -> float:
 
 
 def msg_to_scene_graph(msg: SceneGraphMsg) -> SceneGraph:
-    """spatialthinker_ros/SceneGraph -> core SceneGraph (the observation stays on the message)."""
+    """spatialthinker_ros/SceneGraph -> core SceneGraph (the observation stays on the message;
+    positions_frame_id "" when the positions are in the header's frame, as in core)."""
     objects = []
     for obj in msg.objects:
         box = Box(obj.x_min, obj.y_min, obj.x_max, obj.y_max) if obj.has_box else None
         position = (
             (obj.position.x, obj.position.y, obj.position.z) if obj.has_position else None
         )
-        objects.append(SceneObject(id=obj.id, label=obj.label, box=box, position=position))
+        size = ((obj.size.x, obj.size.y, obj.size.z)
+                if obj.has_position and obj.has_size else None)
+        objects.append(SceneObject(id=obj.id, label=obj.label, box=box, position=position,
+                                   size=size))
     relations = tuple(Relation(r.subject_id, r.predicate, r.object_id) for r in msg.relations)
     return SceneGraph(
         objects=tuple(objects),
         relations=relations,
         image_width=int(msg.image_width),
         image_height=int(msg.image_height),
+        # core's "" is the image's own frame (the header's).
+        positions_frame_id=("" if msg.positions_frame_id == msg.header.frame_id
+                            else str(msg.positions_frame_id)),
     )
 
 

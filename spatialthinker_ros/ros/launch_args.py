@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .topics import CAMERA_INFO, COMPRESSED_IMAGE, DEPTH, IMAGE, camera_topic
 
@@ -26,23 +27,29 @@ def parse_camera_list(text: str) -> list[str]:
     return [n for n in names if n]
 
 
-def cameras_from_params_file(path: str | Path, node_name: str) -> list[str] | None:
-    """The `cameras` a ROS parameter file gives the node `node_name` (its own entry before a
-    `/**` one), or None when it gives none."""
+def param_from_params_file(path: str | Path, node_name: str, name: str) -> Any:
+    """Parameter `name` as a ROS parameter file gives it to the node `node_name` (its own entry
+    before a `/**` one), or None when it gives none."""
     import yaml
 
     document = yaml.safe_load(Path(path).read_text()) or {}
-    found: list[str] | None = None
+    found: Any = None
     for key, entry in document.items():
         params = (entry or {}).get("ros__parameters", {}) if isinstance(entry, dict) else {}
-        if "cameras" not in params:
+        if name not in params:
             continue
         own = str(key).rstrip("/").rsplit("/", 1)[-1] == node_name
         if own or (str(key) in ("/**", "**") and found is None):
-            found = [str(name) for name in params["cameras"]]
+            found = params[name]
             if own:
                 break
     return found
+
+
+def cameras_from_params_file(path: str | Path, node_name: str) -> list[str] | None:
+    """The `cameras` a ROS parameter file gives the node `node_name`, or None."""
+    found = param_from_params_file(path, node_name, "cameras")
+    return None if found is None else [str(camera) for camera in found]
 
 
 def camera_remappings(cameras: Sequence[str], image: str, depth: str,

@@ -21,8 +21,9 @@ question visits the cameras in turn, after requests (`standing`).
 This module is the wiring; the jobs live in their own modules: camera intake (`intake`),
 requests and feedback (`requests`), running one request (`answering`), the standing question
 (`standing`), outputs (`publishing`, contents from `core.outputs`), `diagnostics`, parameters
-(`params`). Threads: camera callbacks on the intake's own thread; one worker thread runs the
-model; service/action callbacks wait on it in a reentrant group, so run the node on a
+(`params`), target_frame's tf2 listener (`transforms`). Threads: camera callbacks on the intake's
+own thread, /tf on the listener's; one worker thread runs the model (and waits for transforms);
+service/action callbacks wait on it in a reentrant group, so run the node on a
 MultiThreadedExecutor of at least `recommended_executor_threads()` threads (`main` does).
 """
 
@@ -61,6 +62,7 @@ from .params import (
 from .publishing import Publishers
 from .requests import WAIT_SLACK_S, RequestServer
 from .standing import StandingQuestion
+from .transforms import TargetFrame
 from .worker import InferenceWorker, Job
 
 NODE_NAME = "spatialthinker_node"
@@ -174,6 +176,8 @@ class SpatialThinkerNode(LifecycleNode):
             return self._configure_failed(f"could not load the model: {one_line(exc)}")
         self._engine = engine
         self.answerer.engine = engine
+        if self._settings.target_frame:
+            self.answerer.target_frame = TargetFrame(self, self._settings.target_frame)
         self.outputs.create(tuple(self.intake.cameras))
         self._state = "inactive"
         self._config_error = ""
@@ -245,6 +249,9 @@ class SpatialThinkerNode(LifecycleNode):
     def _release(self) -> None:
         """Outputs destroyed, model unloaded (the backend frees its accelerator memory)."""
         self.outputs.destroy()
+        target, self.answerer.target_frame = self.answerer.target_frame, None
+        if target is not None:
+            target.close()
         engine, self._engine = self._engine, None
         self.answerer.engine = None
         if engine is not None:
@@ -327,6 +334,13 @@ class SpatialThinkerNode(LifecycleNode):
             queue_depth=worker.queue_depth,
             inference_running=worker.busy,
         )
+        target = self.answerer.target_frame
+        if target is not None:
+            tf = target.counts
+            values.update(target_frame=target.target_frame, transforms_found=tf.lookups_ok,
+                          transforms_missing=tf.lookups_failed,
+                          transforms_dropped=tf.transforms_dropped,
+                          tf_buffer_clears=tf.buffer_clears, last_transform_error=tf.last_error)
         return values
 
     def _publish_diagnostics(self) -> None:

@@ -22,6 +22,7 @@ from ..core.options import (
     option_problem,
 )
 from ..core.prompt import MAX_CHOICES, question_problem
+from ..core.transforms import TF_MAX_FRAME_ID
 from ..core.types import STOP_AFTER
 from .topics import camera_name_problem
 
@@ -30,6 +31,7 @@ STRING_ARRAY = "string_array"  # marker default: a string array declared without
 # (one answer a day), and rclpy's timers overflow for periods near 2**63 ns.
 MIN_RATE_HZ = 1e-3
 MAX_CAMERAS = 16
+MAX_FRAME_ID_CHARS = TF_MAX_FRAME_ID  # target_frame, as the frame ids tf input may carry
 DEFAULT_CAMERAS = ("",)  # one camera on the node's own topics (image, depth, camera_info)
 
 
@@ -87,6 +89,19 @@ def _standing_cameras_problem(value: Any) -> str | None:
         return f"standing_cameras must be camera names; got {names!r}"
     if len(set(names)) != len(names):
         return f"standing_cameras must not repeat a name; got {names!r}"
+    return None
+
+
+def frame_id_problem(value: Any) -> str | None:
+    """Why `value` cannot be a tf2 frame id (target_frame), or None ("" = no target frame)."""
+    if not isinstance(value, str):
+        return f"target_frame must be a string; got {value!r}"
+    if len(value) > MAX_FRAME_ID_CHARS:
+        return f"target_frame must have at most {MAX_FRAME_ID_CHARS} characters; got {len(value)}"
+    if value.startswith("/"):
+        return f"target_frame must not start with '/' (tf2 frame ids do not); got {value!r}"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"target_frame must not contain spaces or control characters; got {value!r}"
     return None
 
 
@@ -191,6 +206,22 @@ NODE_OPTIONS: tuple[Option, ...] = (
         float_range=(0.0, 1.0),
         read_only=False,
     ),
+    Option(
+        "target_frame",
+        "",
+        "Frame of the objects' positions and sizes (e.g. base_link), by tf2 at each image's "
+        "stamp; empty: the camera's optical frame (the image's frame_id). Needs tf2_ros",
+        check=frame_id_problem,
+    ),
+    Option(
+        "transform_timeout_s",
+        0.1,
+        "Longest wait for target_frame's transform at an image's stamp (then: no positions, "
+        "and the answer's status_message says why)",
+        kind=float,
+        float_range=(0.0, 5.0),
+        read_only=False,
+    ),
     Option("publish_debug_image", True, "Render debug_image (only while someone subscribes)",
            kind=bool, read_only=False),
 )
@@ -217,6 +248,8 @@ class NodeSettings:
     use_compressed: bool
     use_depth: bool
     depth_stamp_tolerance_s: float
+    target_frame: str
+    transform_timeout_s: float
     publish_debug_image: bool
 
     @classmethod

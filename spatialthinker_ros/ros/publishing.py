@@ -17,7 +17,7 @@ from visualization_msgs.msg import MarkerArray
 from spatialthinker_ros.msg import SceneGraph as SceneGraphMsg
 from spatialthinker_ros.msg import SpatialAnswer as SpatialAnswerMsg
 
-from ..core.outputs import SceneOutputs
+from ..core.outputs import AnswerOutputs, SceneOutputs
 from . import topics
 from .diagnostics import ServingStats
 
@@ -25,18 +25,19 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATEST_ONLY_RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def detection_message_type() -> type | None:
-    """vision_msgs/Detection2DArray when vision_msgs is importable, else None."""
+def detection_message_types() -> tuple[type, type] | None:
+    """vision_msgs' (Detection2DArray, Detection3DArray) when vision_msgs imports, else None."""
     try:
-        from vision_msgs.msg import Detection2DArray
+        from vision_msgs.msg import Detection2DArray, Detection3DArray
     except ImportError:
         return None
-    return Detection2DArray
+    return Detection2DArray, Detection3DArray
 
 
 class Publishers:
     """scene_graph, answer, markers (shared by the cameras: the header tells the camera), a
-    debug_image per camera (`C/debug_image`), and (where vision_msgs imports) detections. Each
+    debug_image per camera (`C/debug_image`), and (where vision_msgs imports) detections and
+    detections_3d. Each
     publisher is known by its relative topic name."""
 
     def __init__(self, node: LifecycleNode, stats: ServingStats) -> None:
@@ -57,9 +58,10 @@ class Publishers:
               for c in cameras],
             (MarkerArray, topics.MARKERS, RELIABLE),
         ]
-        detections = detection_message_type()
+        detections = detection_message_types()
         if detections is not None:
-            specs.append((detections, topics.DETECTIONS, RELIABLE))
+            specs += [(detections[0], topics.DETECTIONS, RELIABLE),
+                      (detections[1], topics.DETECTIONS_3D, RELIABLE)]
         self._pubs = {
             topic: node.create_lifecycle_publisher(msg_type, topic, qos)
             for msg_type, topic, qos in specs
@@ -92,8 +94,11 @@ class Publishers:
             return False
         return True
 
-    def publish_scene(self, scene: SceneOutputs, detections: Any = None) -> None:
-        """scene_graph, then its markers (and the detections mirror)."""
+    def publish_scene(self, scene: SceneOutputs, outputs: AnswerOutputs | None = None) -> None:
+        """scene_graph, then its markers (and, with `outputs` where vision_msgs is there, the
+        detections mirrors, built only then)."""
         self.publish(topics.SCENE_GRAPH, scene.scene_graph)
         self.publish(topics.MARKERS, scene.markers)
-        self.publish(topics.DETECTIONS, detections)
+        if outputs is not None and self.publishes_detections:
+            self.publish(topics.DETECTIONS, outputs.detections(scene))
+            self.publish(topics.DETECTIONS_3D, outputs.detections_3d(scene))

@@ -18,7 +18,8 @@ SCENE_GRAPH = "scene_graph"
 ANSWER = "answer"
 MARKERS = "markers"
 DEBUG_IMAGE = "debug_image"  # per camera: C/debug_image
-DETECTIONS = "detections"
+DETECTIONS = "detections"  # vision_msgs/Detection2DArray (image pixels)
+DETECTIONS_3D = "detections_3d"  # vision_msgs/Detection3DArray (the positions' frame)
 DIAGNOSTICS = "/diagnostics"
 
 # A camera name is a relative topic name: tokens of letters, digits and _ (not starting with a

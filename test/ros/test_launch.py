@@ -337,6 +337,25 @@ def test_rviz_topics_follow_the_remappings_of_the_launch() -> None:
                                      ["/robot/boxes"])
 
 
+def test_rviz_fixed_frame_follows_target_frame(ros_interfaces, tmp_path) -> None:
+    """target_frame:=base_link (or the parameter file's): RViz's fixed frame is that frame, the
+    markers' frame; without one the installed config (the camera's optical frame) opens."""
+    from spatialthinker_ros.ros.rviz_config import config_fixed_frame, shown_topics
+
+    _rviz_node, argv = _rviz(rviz="true", target_frame="base_link")
+    text = Path(argv[1]).read_text()
+    assert config_fixed_frame(text) == "base_link"
+    assert shown_topics(text) == (["/debug_image"], ["/markers"])
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    params["/**"]["ros__parameters"]["target_frame"] = "odom"
+    path = tmp_path / "odom.yaml"
+    path.write_text(yaml.safe_dump(params))
+    _rviz_node, argv = _rviz(rviz="true", config_file=str(path))
+    assert config_fixed_frame(Path(argv[1]).read_text()) == "odom"
+    _rviz_node, argv = _rviz(rviz="true")
+    assert config_fixed_frame(Path(argv[1]).read_text()) == "camera_color_optical_frame"
+
+
 # ------------------------------------------------------------------ parameter file
 
 

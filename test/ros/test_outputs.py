@@ -27,7 +27,7 @@ from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from spatialthinker_ros.bag_types import BagMessages, make_typestore  # noqa: E402
-from spatialthinker_ros.core import outputs  # noqa: E402
+from spatialthinker_ros.core import detections, outputs  # noqa: E402
 from spatialthinker_ros.core.depth import (  # noqa: E402
     AlignedDepth,
     CameraIntrinsics,
@@ -556,7 +556,7 @@ def test_label_colours_are_stable_per_class() -> None:
 
 
 def test_detections_mirror_against_the_vision_msgs_definitions(store, bag_make) -> None:
-    msg = outputs.detections_msg(bag_make, core_graph(), HEADER)
+    msg = detections.detections_msg(bag_make, core_graph(), HEADER)
     data = store.serialize_cdr(msg, "vision_msgs/msg/Detection2DArray")
     back = store.deserialize_cdr(data, "vision_msgs/msg/Detection2DArray")
     assert len(back.detections) == 2  # lamp.1 has no box

@@ -110,6 +110,20 @@ def test_tree_fails_on_another_answer_and_on_errors(served: Harness, trees) -> N
         behaviour("typo", QUESTION, CHOICES, expected_choices=["lefft"])
 
 
+def test_tree_fails_on_positions_in_another_frame_than_it_needs(served: Harness, trees) -> None:
+    Status = py_trees.common.Status
+    stamp = served.now()
+    publish_depth(served, stamp, "cam_bt")
+    served.send_frame(stamp=stamp, frame_id="cam_bt")
+    tree, ask, _ = ask_tree(served, "side", positions_frame="base_link")
+    assert tick_until_done(tree) == Status.FAILURE
+    assert "positions in 'cam_bt', not 'base_link'" in ask.feedback_message
+    result = py_trees.blackboard.Blackboard.get("/side")
+    assert result.positions_frame_id == "cam_bt" and result.scene_graph.objects[0].position
+    tree, ask, _ = ask_tree(served, "same", positions_frame="cam_bt")
+    assert tick_until_done(tree) == Status.SUCCESS
+
+
 def test_a_higher_priority_branch_taking_over_cancels_the_goal(make_harness, trees) -> None:
     Status = py_trees.common.Status
     harness = make_harness(engine_factory=lambda c: GatedEngine(c, hold_after="<observe>"))
