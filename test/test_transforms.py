@@ -176,9 +176,9 @@ def test_extents_after_a_general_rotation_are_the_mapped_pixel_footprints_box():
     t = RigidTransform.from_xyzq(1, 2, 3, *axis_angle_quaternion(axis, angle))
     depth = scene_depth()
     depth[120:360, 64:256] += np.linspace(0, 0.2, 192, dtype=np.float32)  # a slanted face
-    extents, _ = object_extents(Box(64, 120, 256, 360), depth, K, t)
-    vs, us = np.mgrid[120:360, 64:256]
-    z = depth[120:360, 64:256].astype(float)
+    extents, _ = object_extents(Box(64, 120, 160, 240), depth, K, t)  # < MAX_SAMPLES: exact
+    vs, us = np.mgrid[120:240, 64:160]
+    z = depth[120:240, 64:160].astype(float)
     corners = np.concatenate([  # every pixel's square, its four corners at its depth
         np.stack([(us + du - 320) * z / 525, (vs + dv - 240) * z / 525, z], -1).reshape(-1, 3)
         for du in (-0.5, 0.5) for dv in (-0.5, 0.5)])
@@ -186,6 +186,18 @@ def test_extents_after_a_general_rotation_are_the_mapped_pixel_footprints_box():
     low, high = mapped.min(0), mapped.max(0)
     assert extents.size == pytest.approx(tuple(high - low), abs=1e-9)
     assert extents.center == pytest.approx(tuple((high + low) / 2), abs=1e-9)
+
+
+def test_a_large_box_is_sampled_and_exact_to_a_cell():
+    depth = np.full((1080, 1920), 3.0, np.float32)
+    depth[200:900, 300:1500] = 1.5  # a 1200 x 700 face: sampled every 8 pixels
+    k = CameraIntrinsics(fx=1400.0, fy=1400.0, cx=960.0, cy=540.0)
+    extents, _ = object_extents(Box(296, 196, 1504, 904), depth, k)
+    assert extents.points == pytest.approx(1200 * 700, rel=0.03)
+    cell = 8 * 1.5 / 1400
+    assert extents.size[0] == pytest.approx(1200 * 1.5 / 1400, abs=cell)
+    assert extents.size[1] == pytest.approx(700 * 1.5 / 1400, abs=cell)
+    assert extents.size[2] == 0.0
 
 
 # ------------------------------------------------------------------ AlignedDepth with a frame

@@ -41,6 +41,9 @@ QUATERNION_TOLERANCE = 10e-3
 DEFAULT_MAX_DISTANCE_M = 0.3
 MIN_POINTS = 4  # and at least MIN_VALID_FRACTION of the box's pixels (as lift_box_to_3d)
 MIN_VALID_FRACTION = 0.05
+# Larger boxes are sampled every `step` pixels in both directions (each sample standing for its
+# step x step cell), so the cost per object is bounded whatever the resolution.
+MAX_SAMPLES = 16_384
 
 # Untrusted /tf (the node's listener and replay alike): what is kept, what is dropped.
 TF_CACHE_TIME_S = 10.0  # history per frame (tf2's default): memory stays bounded under a flood
@@ -142,7 +145,7 @@ class Extents:
 
     center: Vector3
     size: Vector3
-    points: int  # depth pixels kept
+    points: int  # depth pixels kept (samples x step^2 for a sampled box)
 
 
 def object_extents(
@@ -154,7 +157,8 @@ def object_extents(
 ) -> tuple[Extents | None, str]:
     """The object's 3D box from the depth inside `box` (the depth image's pixels), in the camera
     frame or, with `transform`, in its target frame (size along the target frame's axes);
-    (None, why) when too few depth points.
+    (None, why) when too few depth points. A box over MAX_SAMPLES pixels is sampled every
+    `step` pixels: its size is then exact to a cell (step pixels) at the edges.
 
     Exact for the pixel footprints, without building the points: the back-projected pixel
     (u, v) at depth z is z d(u, v) with d = ((u - cx) / fx, (v - cy) / fy, 1), so its target
@@ -165,19 +169,22 @@ def object_extents(
     y0, y1 = int(math.floor(max(box.y_min, 0))), int(math.ceil(min(box.y_max, h)))
     if x1 <= x0 or y1 <= y0:
         return None, "the box is empty inside the depth image"
-    patch = depth_m[y0:y1, x0:x1]
+    step = max(1, math.ceil(math.sqrt((x1 - x0) * (y1 - y0) / MAX_SAMPLES)))
+    patch = depth_m[y0:y1:step, x0:x1:step]
     valid = np.isfinite(patch) & (patch > 0)  # NaN compares False, without a warning
     count = int(np.count_nonzero(valid))
     if count < max(MIN_POINTS, MIN_VALID_FRACTION * patch.size):
-        return None, f"too few valid depth pixels in the box ({count} of {patch.size})"
+        return None, (f"too few valid depth pixels in the box ({count * step * step} of "
+                      f"{(x1 - x0) * (y1 - y0)})")
     median = float(np.median(patch[valid]))
     keep = valid & (np.abs(patch - np.float32(median)) <= max_distance_m)
     kept = int(np.count_nonzero(keep))
     if kept < MIN_POINTS:
         return None, f"too few depth pixels near the median depth ({kept})"
     fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
-    du = (np.arange(x0, x1, dtype=np.float64) - cx) / fx  # a row
-    dv = ((np.arange(y0, y1, dtype=np.float64) - cy) / fy)[:, None]  # a column
+    middle = (step - 1) / 2.0  # a sample's cell: [u - 0.5, u + step - 0.5]
+    du = (np.arange(x0, x1, step, dtype=np.float64) + middle - cx) / fx  # a row
+    dv = ((np.arange(y0, y1, step, dtype=np.float64) + middle - cy) / fy)[:, None]  # a column
     z = patch.astype(np.float64, copy=False)
     if transform is None:
         rotation, translation = np.eye(3), np.zeros(3)
@@ -185,7 +192,7 @@ def object_extents(
         rotation, translation = transform.matrix(), np.asarray(transform.translation)
     low, high = np.empty(3), np.empty(3)
     for j, (a, b, c) in enumerate(rotation):
-        half = 0.5 * (abs(a) / fx + abs(b) / fy)
+        half = step / 2.0 * (abs(a) / fx + abs(b) / fy)
         # coordinate j (before t_j) of the pixel squares' far and near corners
         row, column = a * du, b * dv + c
         high[j] = np.where(keep, z * (row + (column + half)), -np.inf).max()
@@ -196,4 +203,4 @@ def object_extents(
         return None, "the depth points are not finite"
     cx_, cy_, cz_ = (float(v) for v in centre)
     sx, sy, sz = (float(v) for v in size)
-    return Extents((cx_, cy_, cz_), (sx, sy, sz), kept), ""
+    return Extents((cx_, cy_, cz_), (sx, sy, sz), kept * step * step), ""
