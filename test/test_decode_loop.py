@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
+from test_decode_speed import INPUTS, answers, noise_image  # the inputs of both files
+from test_decode_speed import engine_for as decode_speed_engine
 
 from spatialthinker_ros.core import decode_loop, decoding
-from spatialthinker_ros.core.engine import EngineConfig, GenerationStopped, SpatialThinkerEngine
+from spatialthinker_ros.core.engine import GenerationStopped, SpatialThinkerEngine
 from spatialthinker_ros.core.scene import ParseStatus
 from spatialthinker_ros.core.text import safe_text
 from spatialthinker_ros.testing.forward_counter import HostSyncCounter
@@ -27,29 +27,11 @@ from spatialthinker_ros.testing.tiny_model import EXAMPLE_OUTPUT, FITTED_MAX_PIX
 COMPILE_TIMEOUT_S = 1800
 NEW_TOKENS = 40
 CHUNK = decode_loop.CHUNK_TOKENS
-# Two frame sizes, three questions, with and without options.
-INPUTS = [
-    ((640, 480), "Where is the cube relative to the ball?", ("left", "right")),
-    ((336, 252), "Is the cup on the table?", ()),
-    ((640, 480), "What is behind the robot?", ()),
-]
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def engine_for(model_dir, **options) -> SpatialThinkerEngine:
     options.setdefault("max_new_tokens", NEW_TOKENS)
-    engine = SpatialThinkerEngine(EngineConfig(model=str(model_dir), device="cpu", **options))
-    engine.load()
-    return engine
-
-
-def answers(engine: SpatialThinkerEngine) -> list[tuple[int, ...]]:
-    return [engine.answer(noise_image(*size, seed=i), q, c or None).generated_token_ids
-            for i, (size, q, c) in enumerate(INPUTS)]  # fmt: skip
+    return decode_speed_engine(model_dir, **options)
 
 
 def with_eager_loop(engine: SpatialThinkerEngine, chunk: int = CHUNK) -> SpatialThinkerEngine:
