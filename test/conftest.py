@@ -138,3 +138,13 @@ def server():
     s.script.chunks = ["<answer> (A) left </answer>"]
     yield s
     s.stop()
+
+
+@pytest.fixture()
+def scripted():
+    """A scripted OpenAI-compatible server (test/servers) with nothing scripted yet."""
+    from servers.scripted_openai import ScriptedOpenAIServer
+
+    s = ScriptedOpenAIServer().start()
+    yield s
+    s.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from servers.scripted_openai import Mode, ScriptedOpenAIServer
+from servers.scripted_openai import Mode
 
 from spatialthinker_ros.core.engine import (
     EngineConfig,
@@ -58,13 +58,6 @@ def _unload_remote_engines():
     yield
     while _opened:
         _opened.pop().unload()
-
-
-@pytest.fixture
-def scripted():
-    server = ScriptedOpenAIServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

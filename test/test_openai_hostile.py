@@ -61,13 +61,6 @@ def _cleanup(monkeypatch):
         _opened.pop().unload()
 
 
-@pytest.fixture
-def scripted():
-    server = ScriptedOpenAIServer().start()
-    yield server
-    server.stop()
-
-
 def encodings(secret: str) -> list[str]:
     """How a server or proxy could echo the secret back."""
     raw = secret.encode()
