@@ -31,7 +31,7 @@ ROS_PACKAGE_KEYS = {
     "ament_cmake", "ament_cmake_python", "rosidl_default_generators", "rosidl_default_runtime",
     "builtin_interfaces", "std_msgs", "geometry_msgs", "sensor_msgs", "action_msgs", "rclpy",
     "visualization_msgs", "vision_msgs", "diagnostic_msgs", "lifecycle_msgs", "launch",
-    "launch_ros", "ament_cmake_pytest",
+    "launch_ros", "ament_cmake_pytest", "tf2_ros_py", "tf2_py", "tf2_msgs",
 }
 SYSTEM_KEYS = {"python3-numpy", "python3-pil", "python3-tqdm", "python3-pytest", "python3-yaml"}
 # Exist but deliberately not declared (package.xml says why): CPU-only distribution builds of
