@@ -59,7 +59,7 @@ def whole_json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
-# Open defect, seen in 2 of 4 full-suite runs on a loaded 2-core machine and never alone: a
+# Open defect, seen in 2 of 4 full-suite runs and in a run of this file alone: a
 # SIGINT about 6-9 s into replay (the model just loaded, the output bag already created) ended
 # the process killed by SIGINT (-2) with no traceback, out4/ left behind. Cause not found yet
 # (closing note of stop 28); strict=False so the run that passes still checks every delay.
