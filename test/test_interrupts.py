@@ -64,7 +64,7 @@ def whole_json_lines(path: Path) -> list[dict]:
 # the process killed by SIGINT (-2) with no traceback, out4/ left behind. Cause not found yet
 # (closing note of stop 28); strict=False so the run that passes still checks every delay.
 @pytest.mark.xfail(strict=False, reason="SIGINT right after the model load can kill replay "
-                   "without its cleanup under load (open defect, cause not found)")
+                   "without its cleanup (open defect, cause not found)")
 def test_ctrl_c_anywhere_in_replay_leaves_readable_outputs(fitted_model_dir, tmp_path):
     bag = write_sample_bag(tmp_path / "in", frames=6)
     delays = [0.5, 2.0, 4.0, 6.0, 9.0, 13.0]
