@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
 
@@ -33,9 +33,9 @@ from ..core.transforms import (
     RigidTransform,
     TransformError,
 )
+from .spin_thread import SpinThread
 
 # The limits are replay's too (core.transforms).
-MAX_FRAMES = TF_MAX_FRAMES
 POLL_S = 0.005
 TF_QOS = QoSProfile(depth=100, durability=DurabilityPolicy.VOLATILE,
                     history=HistoryPolicy.KEEP_LAST)
@@ -95,19 +95,13 @@ class TargetFrame:
                                        TF_STATIC_QOS)
         self._executor = SingleThreadedExecutor(context=owner.context)
         self._executor.add_node(self._node)
-        self._thread = threading.Thread(target=self._spin, name="tf-listener", daemon=True)
-        self._thread.start()
+        self._spin = SpinThread(self._executor, name="tf-listener", on_error=self._spin_failed)
+        self._spin.start()
 
     # ------------------------------------------------------------------ listener thread
 
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:
-            pass
-        except Exception as exc:  # noqa: BLE001 - callbacks are guarded; this is rclpy itself
-            if self._node.context.ok():
-                self._logger.error(f"tf listener stopped: {type(exc).__name__}: {exc}")
+    def _spin_failed(self, exc: BaseException) -> None:  # callbacks are guarded: rclpy itself
+        self._logger.error(f"tf listener stopped: {type(exc).__name__}: {exc}")
 
     def _on_tf(self, *, static: bool):
         def callback(msg: Any) -> None:
@@ -215,7 +209,5 @@ class TargetFrame:
     def close(self) -> None:
         if self._node is None:
             return
-        self._executor.shutdown(timeout_sec=5.0)
-        self._node.destroy_node()
-        self._thread.join(5.0)
+        self._spin.close([self._node], 5.0)  # the spin joined before the node is destroyed
         self._node = None

@@ -312,7 +312,7 @@ def test_two_cameras_end_in_one_target_frame(served) -> None:
 def test_bad_transforms_are_dropped_never_a_crash(served) -> None:
     from builtin_interfaces.msg import Time
 
-    from spatialthinker_ros.ros.transforms import MAX_FRAMES
+    from spatialthinker_ros.core.transforms import TF_MAX_FRAMES as MAX_FRAMES
 
     base, cam = unique("base_link"), unique("bad_optical")
     harness = served(base, transform_timeout_s=0.3)
