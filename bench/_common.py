@@ -125,3 +125,15 @@ Image size: {width} x {height}"""
     generated_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, **length)
     processor.batch_decode(generated_ids, skip_special_tokens=True)[0]
     return generated_ids[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def require_loopback_only() -> None:
+    """Exit 2 unless this process is in a network namespace with only `lo` (the benchmarks start
+    rclpy or local servers: `unshare -rn sh -c 'ip link set lo up && ...'`)."""
+    import socket
+
+    if sorted(name for _, name in socket.if_nameindex()) != ["lo"]:
+        print("run inside a loopback-only network namespace: unshare -rn sh -c "
+              "'ip link set lo up && ...'", file=sys.stderr)
+        raise SystemExit(2)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_line, measure, ms, print_table
+from _common import REPO_ROOT, machine_line, measure, ms, print_table, require_loopback_only
 
 QUESTION = "Where is the cube relative to the ball?"
 CHOICES = ["left", "right"]
@@ -34,10 +34,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    if sorted(name for _, name in __import__("socket").if_nameindex()) != ["lo"]:
-        print("run inside a loopback-only network namespace (see the module doc)", file=sys.stderr)
-        return 2
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    require_loopback_only()
     import numpy as np
     import rclpy
     from rclpy.action import ActionClient

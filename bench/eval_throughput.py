@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_line, print_table
+from _common import REPO_ROOT, machine_line, print_table, require_loopback_only
 
 sys.path.insert(0, str(REPO_ROOT / "test"))  # the scripted server lives with the tests
 
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--no-serve", action="store_true", help="skip transformers serve")
     parser.add_argument("--vllm", action="store_true", help="vLLM and transformers serve, N=1, 8")
     args = parser.parse_args()
+    require_loopback_only()
     print(machine_line())
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         fixed_delay(args, Path(tmp))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, machine_line, print_table
+from _common import REPO_ROOT, machine_line, print_table, require_loopback_only
 
 sys.path.insert(0, str(REPO_ROOT / "test"))  # the scripted server lives with the tests
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.5, help="seconds per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
+    require_loopback_only()
 
     from servers.scripted_openai import ScriptedOpenAIServer
 
