@@ -444,17 +444,29 @@ def test_action_feedback_stages_and_result(served: Harness) -> None:
     A = served.AskSpatialAction
     header = served.send_frame(frame_id="cam_action")
     assert served.action_client.wait_for_server(timeout_sec=WAIT_S)
-    feedback: list[Any] = []
+    # The feedback topic itself, not send_goal_async's feedback_callback: rclpy's ActionClient
+    # drops that callback once the result is in, and feedback (a topic) may arrive after the
+    # result (a service response), so the last feedback could be lost to the test.
+    messages: list[Any] = []
+    subscription = served.client.create_subscription(
+        A.Impl.FeedbackMessage, "ask/_action/feedback", messages.append, 100)
+    wait_until(lambda: subscription.get_publisher_count() > 0, what="the feedback publisher")
     goal = A.Goal(question=QUESTION, choices=CHOICES, request_id="goal-1")
-    handle = wait_future(served.action_client.send_goal_async(
-        goal, feedback_callback=lambda f: feedback.append(f.feedback)), what="goal acceptance")
+    handle = wait_future(served.action_client.send_goal_async(goal), what="goal acceptance")
     assert handle.accepted
+    uuid = bytes(handle.goal_id.uuid)
+
+    def mine() -> list[Any]:  # this goal's feedback, in arrival order
+        return [m.feedback for m in messages if bytes(m.goal_id.uuid) == uuid]
+
     result = wait_future(handle.get_result_async(), what="the action result")
     answer = result.result.answer
     assert answer.status == served.SpatialAnswer.STATUS_OK and answer.option == "A"
     assert answer.request_id == "goal-1" and answer.header.stamp == header.stamp
-    wait_until(lambda: any(f.stage == A.Feedback.STAGE_ANSWERED for f in feedback),
+    wait_until(lambda: any(f.stage == A.Feedback.STAGE_ANSWERED for f in mine()),
                what="the ANSWERED feedback")
+    feedback = mine()
+    served.client.destroy_subscription(subscription)
     stages = [f.stage for f in feedback]
     assert stages[0] == A.Feedback.STAGE_QUEUED
     assert stages == sorted(stages)  # stages only move forward
